@@ -1,0 +1,26 @@
+import pytest
+from sqlalchemy.exc import DataError, IntegrityError
+
+from app import db
+from app.models import MAX_NAME_LENGTH, Name
+
+
+def test_name_is_stored(app):
+    with app.app_context():
+        db.session.add(Name(name='Mark'))
+        db.session.commit()
+        assert db.session.scalars(db.select(Name.name)).all() == ['Mark']
+
+
+def test_name_is_required(app):
+    with app.app_context():
+        db.session.add(Name(name=None))
+        with pytest.raises(IntegrityError):
+            db.session.commit()
+
+
+def test_name_length_is_enforced_by_the_database(app):
+    with app.app_context():
+        db.session.add(Name(name='x' * (MAX_NAME_LENGTH + 1)))
+        with pytest.raises(DataError):
+            db.session.commit()

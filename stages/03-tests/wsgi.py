@@ -1,0 +1,31 @@
+"""The app as `flask` and WSGI servers load it, set up by FLASK_CONFIG."""
+
+import os
+import sys
+
+import click
+from sqlalchemy.exc import OperationalError
+
+from app import create_app, db
+from app.models import Name
+from config import ConfigError
+
+try:
+    app = create_app(os.environ.get('FLASK_CONFIG') or 'default')
+except ConfigError as error:
+    sys.exit(f'Error: {error}')
+
+
+@app.shell_context_processor
+def make_shell_context():
+    return {'db': db, 'Name': Name}
+
+
+@app.cli.command('create-tables')
+def create_tables():
+    """Create the database tables that do not exist yet."""
+    try:
+        db.create_all()
+    except OperationalError as error:
+        raise click.ClickException(f'cannot reach the database: {error.orig}') from None
+    click.echo('Created the tables.')
