@@ -1,0 +1,74 @@
+"""Fixtures of the repository tests. Run them through nox: ``nox -s stage02``.
+
+Run by hand, ``pytest tests --stage 02`` uses the current Python's environment for
+the stage, and the server that ``tools.postgres`` picks.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.reader import STAGES, Reader
+from tools import postgres
+
+
+def pytest_addoption(parser):
+    parser.addoption('--stage', choices=sorted(STAGES), required=True, help='stage to test')
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'stages(*numbers): the stages a test applies to')
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep the tests that apply to the stage under test (deselected, not skipped)."""
+    stage = config.getoption('--stage')
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker('stages')
+        (kept if marker is None or stage in marker.args else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(scope='session')
+def stage(pytestconfig):
+    return pytestconfig.getoption('--stage')
+
+
+@pytest.fixture(scope='session')
+def stage_dir(stage):
+    return STAGES[stage]
+
+
+@pytest.fixture(scope='session')
+def stage_bin():
+    """The bin directory of the environment made from the stage's requirements.txt."""
+    return Path(os.environ.get('APP_DEPLOY_STAGE_BIN', Path(sys.executable).parent))
+
+
+@pytest.fixture(scope='session')
+def server():
+    try:
+        return postgres.server_url()
+    except postgres.ServerError as error:
+        pytest.exit(str(error), returncode=1)
+
+
+@pytest.fixture
+def database(server):
+    """The URL of a new, empty database, dropped when the test ends."""
+    prefix = os.environ.get('APP_DEPLOY_DATABASE_PREFIX', f'app_deploy_pytest_{os.getpid()}')
+    name = postgres.unique_name(prefix)
+    url = postgres.create_database(server, name)
+    yield url
+    postgres.drop_database(server, name)
+
+
+@pytest.fixture
+def reader(stage_dir, stage_bin, tmp_path):
+    return Reader(stage_dir, tmp_path, stage_bin)
+

@@ -1,0 +1,144 @@
+"""Run a stage the way a reader does: from a copy of its directory, by its README."""
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = {path.name[:2]: path for path in sorted((ROOT / 'stages').iterdir()) if path.is_dir()}
+
+
+def readme_commands(stage_dir):
+    """Every line of the ```console blocks in the stage's README."""
+    text = (Path(stage_dir) / 'README.md').read_text()
+    blocks = re.findall(r'^```console\n(.*?)^```', text, flags=re.M | re.S)
+    return [line for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+class Reader:
+    """A shell in a copy of one stage, with the stage's virtual environment on PATH."""
+
+    def __init__(self, stage_dir, workdir, bin_dir):
+        self.dir = Path(workdir) / Path(stage_dir).name
+        ignore = shutil.ignore_patterns('.venv', '__pycache__', '.env', '.pytest_cache')
+        shutil.copytree(stage_dir, self.dir, ignore=ignore)
+        self.bin = Path(bin_dir)
+        self.env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(('FLASK_', 'PYTHON'))
+            and not key.endswith(('DATABASE_URL', 'SECRET_KEY'))
+        }
+        self.env['PATH'] = f'{self.bin}{os.pathsep}{self.env.get("PATH", "")}'
+        self.env['VIRTUAL_ENV'] = str(self.bin.parent)
+
+    def export(self, line, **values):
+        """Apply an ``export NAME=value`` line, replacing ``<placeholder>`` values."""
+        assert line.startswith('export '), line
+        name, _, value = shlex.split(line[len('export ') :])[0].partition('=')
+        self.env[name] = values.get(name, value)
+
+    def command(self, command):
+        args = shlex.split(command)
+        executable = self.bin / args[0]
+        return [str(executable) if executable.exists() else args[0], *args[1:]]
+
+    def run(self, command, input=None, env=None, check=True, timeout=60):
+        """Run ``command`` in the stage copy; return the finished process."""
+        result = subprocess.run(
+            self.command(command),
+            cwd=self.dir,
+            env={**self.env, **(env or {})},
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f'{command} exited {result.returncode}\n{result.stdout}\n{result.stderr}'
+            )
+        return result
+
+    @contextlib.contextmanager
+    def serve(self, command='flask run', env=None, port=None):
+        """Start ``command`` as a server and yield a `Site` for it; stop it after."""
+        port = port or free_port()
+        log = open(self.dir / f'server-{port}.log', 'w+')
+        process = subprocess.Popen(
+            self.command(command),
+            cwd=self.dir,
+            env={**self.env, 'FLASK_RUN_PORT': str(port), **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        site = Site(f'http://127.0.0.1:{port}', process, log)
+        try:
+            site.wait_until_up()
+            yield site
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
+
+
+class Site:
+    """The running app, seen over HTTP by one browser-like client."""
+
+    def __init__(self, url, process, log):
+        self.url = url
+        self.process = process
+        self._log = log
+        self.http = requests.Session()
+
+    @property
+    def log(self):
+        self._log.flush()
+        return Path(self._log.name).read_text()
+
+    def wait_until_up(self, seconds=30):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f'the server exited:\n{self.log}')
+            try:
+                requests.get(self.url, timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise AssertionError(f'the server did not answer in {seconds} s:\n{self.log}')
+
+    def get(self, path='/', **kwargs):
+        return self.http.get(self.url + path, timeout=30, **kwargs)
+
+    def csrf_token(self):
+        page = self.get().text
+        return re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)[1]
+
+    def submit(self, name, **kwargs):
+        """Fill in the form as a browser does: fetch the page, post with its token."""
+        data = {'csrf_token': self.csrf_token(), 'name': name}
+        return self.http.post(self.url + '/', data=data, timeout=30, **kwargs)
+
+    def fresh(self):
+        """Another client of the same site, with its own cookies."""
+        return Site(self.url, self.process, self._log)

@@ -1,0 +1,93 @@
+"""Stages 02 and 03 as a reader runs them: the README's walkthrough, step by step."""
+
+import re
+import subprocess
+
+import pytest
+
+from tests.reader import readme_commands
+from tools import postgres
+
+pytestmark = pytest.mark.stages('02', '03')
+
+NAMES = ['Foobar', 'Mark', 'Joanna']
+
+
+def readme_blocks(reader, language):
+    text = (reader.dir / 'README.md').read_text()
+    return re.findall(rf'^```{language}\n(.*?)^```', text, flags=re.M | re.S)
+
+
+def session_lines(block):
+    """Split an interactive session into what is typed and what is printed."""
+    typed, printed = [], []
+    for line in block.splitlines():
+        if line.startswith(('>>> ', '... ')) or line in ('>>>', '...'):
+            typed.append(line[4:])
+        else:
+            printed.append(line)
+    return '\n'.join(typed) + '\n', printed
+
+
+def test_psql_creates_the_databases(reader, server):
+    """The README's psql lines, run with names of our own on the test server."""
+    (sql,) = readme_blocks(reader, 'sql')
+    assert 'CREATE DATABASE app_deploy_development;' in sql
+    assert 'CREATE DATABASE app_deploy_test;' in sql
+    prefix = postgres.unique_name('app_deploy_psql')
+    sql = sql.replace('app_deploy_', f'{prefix}_')
+    try:
+        result = subprocess.run(
+            [postgres.psql(), server], input=sql, capture_output=True, text=True, check=True
+        )
+        assert f'{prefix}_development' in result.stdout  # listed by \l
+        assert f'{prefix}_test' in result.stdout
+    finally:
+        assert sorted(postgres.drop_databases(server, prefix)) == [
+            f'{prefix}_development',
+            f'{prefix}_test',
+        ]
+
+
+def test_walkthrough(reader, database):
+    commands = readme_commands(reader.dir)
+    exports = [line for line in commands if line.startswith('export ')][:3]
+    assert [line.split('=')[0] for line in exports] == [
+        'export FLASK_APP',
+        'export FLASK_CONFIG',
+        'export DEV_DATABASE_URL',
+    ]
+    for line in exports:
+        reader.export(line, DEV_DATABASE_URL=database)
+    assert commands.count('flask shell') == 2
+    assert 'flask run' in commands
+    create_block, query_block = readme_blocks(reader, 'python')
+
+    typed, _ = session_lines(create_block)
+    assert typed == 'from app import db\ndb.create_all()\nquit()\n'
+    reader.run('flask shell', input=typed)
+    assert postgres.execute(database, 'SELECT count(*) FROM names') == [(0,)]
+
+    with reader.serve('flask run') as site:
+        for name in NAMES:
+            response = site.submit(name)
+            assert response.status_code == 200
+            assert response.history[0].status_code == 302  # post/redirect/get
+        page = site.get().text
+    assert 'Hello World!' in page
+    if reader.dir.name.startswith('03'):
+        assert re.findall(r'<li>(.*?)</li>', page) == NAMES
+
+    typed, printed = session_lines(query_block)
+    output = reader.run('flask shell', input=typed).stdout
+    for line in printed:
+        assert line.strip() in output
+    assert postgres.execute(database, 'SELECT name FROM names ORDER BY id') == [
+        (name,) for name in NAMES
+    ]
+
+
+def test_create_tables_command(reader, database):
+    reader.env.update(FLASK_APP='wsgi.py', FLASK_CONFIG='development', DEV_DATABASE_URL=database)
+    assert 'Created the tables.' in reader.run('flask create-tables').stdout
+    assert postgres.execute(database, 'SELECT count(*) FROM names') == [(0,)]
