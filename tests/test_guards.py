@@ -1,0 +1,224 @@
+"""How stages 02 and 03 meet the world: bad input, forged posts, load, outages, mistakes."""
+
+import html
+import re
+import threading
+
+import pytest
+
+from tests.proxy import Proxy
+from tests.reader import Reader
+from tools import postgres
+
+pytestmark = pytest.mark.stages('02', '03')
+
+MAX = 100  # the length of the name column
+
+
+def development(reader, url):
+    reader.env.update(FLASK_APP='wsgi.py', FLASK_CONFIG='development', DEV_DATABASE_URL=url)
+    reader.run('flask create-tables')
+
+
+@pytest.fixture(scope='module')
+def served(stage_dir, stage_bin, server, tmp_path_factory):
+    """One running copy of the stage and its database, shared by the tests of this module."""
+    name = postgres.unique_name('app_deploy_guards')
+    url = postgres.create_database(server, name)
+    reader = Reader(stage_dir, tmp_path_factory.mktemp('guards'), stage_bin)
+    development(reader, url)
+    with reader.serve() as site:
+        yield site, url
+    postgres.drop_database(server, name)
+
+
+def stored(url):
+    return [name for (name,) in postgres.execute(url, 'SELECT name FROM names ORDER BY id')]
+
+
+VALID = {
+    'plain': ('Mark', 'Mark'),
+    'outer blanks': ('  Joanna \t', 'Joanna'),
+    'markup': ('<script>alert("hi")</script>', '<script>alert("hi")</script>'),
+    'quotes': ('O\'Brien "the" `one`', 'O\'Brien "the" `one`'),
+    'sql': ("Robert'); DROP TABLE names;--", "Robert'); DROP TABLE names;--"),
+    'sql or': ('1 OR 1=1', '1 OR 1=1'),
+    'unicode': ('Zoë Ångström 名前 🙂 مرحبا', 'Zoë Ångström 名前 🙂 مرحبا'),
+    'control': ('bell\x07 and\u200b zero width', 'bell\x07 and\u200b zero width'),
+    'inner newline': ('two\nlines', 'two\nlines'),
+    'longest': ('x' * MAX, 'x' * MAX),
+    'longest in emoji': ('🙂' * MAX, '🙂' * MAX),
+}
+
+INVALID = {
+    'empty': ('', 'Please enter a name.'),
+    'blank': (' \t\r\n ', 'Please enter a name.'),
+    'too long': ('x' * (MAX + 1), f'Names are at most {MAX} characters.'),
+    'far too long': ('y' * 100_000, f'Names are at most {MAX} characters.'),
+    'nul': ('a\x00b', 'Names cannot contain the NUL character.'),
+}
+
+
+@pytest.mark.parametrize('typed, expected', VALID.values(), ids=VALID.keys())
+def test_valid_name_is_stored_as_typed(served, typed, expected):
+    site, url = served
+    response = site.submit(typed)
+    assert response.status_code == 200
+    assert stored(url)[-1] == expected
+    listed = [html.unescape(item) for item in re.findall(r'<li>(.*?)</li>', response.text, re.S)]
+    if listed:  # stage 03 lists the names, escaped
+        assert listed[-1] == expected
+    assert '<script>' not in response.text
+
+
+@pytest.mark.parametrize('typed, message', INVALID.values(), ids=INVALID.keys())
+def test_invalid_name_is_refused(served, typed, message):
+    site, url = served
+    before = stored(url)
+    response = site.submit(typed)
+    assert response.status_code == 200
+    assert message in response.text
+    assert stored(url) == before
+
+
+def test_undecodable_bytes_get_a_page(served):
+    site, url = served
+    body = f'csrf_token={site.csrf_token()}&name=%FF%FEabc'
+    headers = {'Content-Type': 'application/x-www-form-urlencoded'}
+    response = site.http.post(site.url + '/', data=body, headers=headers, timeout=30)
+    assert response.status_code == 200
+    assert stored(url)[-1] == '%FF%FEabc'  # Werkzeug keeps bytes that are not UTF-8 quoted
+
+
+@pytest.mark.parametrize('token', [None, 'forged', 'another client'])
+def test_post_without_a_valid_csrf_token_is_refused(served, token):
+    site, url = served
+    before = stored(url)
+    data = {'name': 'Mallory'}
+    if token == 'forged':
+        data['csrf_token'] = 'IjEyMzQ1Ig.forged.token'
+    elif token == 'another client':
+        data['csrf_token'] = site.fresh().csrf_token()
+    response = site.http.post(site.url + '/', data=data, timeout=30)
+    assert response.status_code == 400
+    assert 'CSRF' in response.text
+    assert stored(url) == before
+
+
+def test_concurrent_submissions_are_all_stored(served):
+    site, url = served
+    before = len(stored(url))
+    clients, per_client = 8, 5
+    statuses = []
+
+    def submit_all(number):
+        client = site.fresh()
+        for index in range(per_client):
+            statuses.append(client.submit(f'reader {number}-{index}').status_code)
+
+    threads = [threading.Thread(target=submit_all, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert statuses == [200] * (clients * per_client)
+    names = stored(url)[before:]
+    assert sorted(names) == sorted(
+        f'reader {n}-{i}' for n in range(clients) for i in range(per_client)
+    )
+
+
+def test_database_outage_answers_503_then_recovers(reader, database):
+    proxy = Proxy(database)
+    proxy.start()
+    development(reader, proxy.url)
+    with reader.serve() as site:
+        assert site.submit('before').status_code == 200
+        token = site.csrf_token()
+        proxy.stop()
+        try:
+            pages = [site.http.post(site.url + '/', data={'csrf_token': token, 'name': 'during'})]
+            if reader.dir.name.startswith('03'):  # stage 03 reads the names for every page
+                pages.append(site.get())
+            for page in pages:
+                assert page.status_code == 503
+                assert 'The database cannot be reached right now.' in page.text
+                assert 'Traceback' not in page.text
+            assert 'Database unavailable' in site.log
+        finally:
+            proxy.start()
+        assert site.submit('after').status_code == 200
+        assert site.get().status_code == 200
+    proxy.stop()
+    assert stored(database) == ['before', 'after']
+
+
+MISTAKES = {
+    'unknown FLASK_CONFIG': ({'FLASK_CONFIG': 'prod'}, 'FLASK_CONFIG'),
+    'no DEV_DATABASE_URL': ({'FLASK_CONFIG': 'development'}, 'DEV_DATABASE_URL'),
+    'staging without SECRET_KEY': (
+        {'FLASK_CONFIG': 'staging', 'STAGING_DATABASE_URL': 'postgresql://u:p@localhost/db'},
+        'SECRET_KEY',
+    ),
+    'production without SECRET_KEY': (
+        {'FLASK_CONFIG': 'production', 'PRODUCTION_DATABASE_URL': 'postgresql://u:p@localhost/d'},
+        'SECRET_KEY',
+    ),
+    'production without its URL': (
+        {'FLASK_CONFIG': 'production', 'SECRET_KEY': 'not-so-secret'},
+        'PRODUCTION_DATABASE_URL',
+    ),
+}
+
+
+@pytest.mark.parametrize('command', ['flask run', 'flask shell', 'flask create-tables'])
+@pytest.mark.parametrize('env, variable', MISTAKES.values(), ids=MISTAKES.keys())
+def test_configuration_mistake_ends_with_one_clear_line(reader, command, env, variable):
+    result = reader.run(command, env={'FLASK_APP': 'wsgi.py', **env}, input='', check=False)
+    assert result.returncode != 0
+    output = (result.stdout + result.stderr).strip().splitlines()
+    assert len(output) == 1, output
+    assert output[0].startswith('Error: ')
+    assert variable in output[0]
+
+
+def test_unreachable_database_ends_with_one_clear_line(reader):
+    url = f'postgresql://nobody@127.0.0.1:{Proxy("postgresql://x@127.0.0.1:1/x").port}/none'
+    result = reader.run(
+        'flask create-tables',
+        env={'FLASK_APP': 'wsgi.py', 'DEV_DATABASE_URL': url},
+        check=False,
+    )
+    assert result.returncode != 0
+    assert result.stderr.startswith('Error: cannot reach the database:')
+    assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('name', ['staging', 'production'])
+def test_debug_is_off_outside_development(reader, name, database):
+    env = {
+        'FLASK_APP': 'wsgi.py',
+        'FLASK_CONFIG': name,
+        'SECRET_KEY': 'from-the-environment',
+        f'{name.upper()}_DATABASE_URL': database,
+    }
+    result = reader.run('flask shell', env=env, input='print("debug", app.debug)\n')
+    assert 'debug False' in result.stdout
+
+
+def test_env_file_holds_the_settings_and_is_ignored(reader, database):
+    example = (reader.dir / '.env.example').read_text()
+    assert '.env' in (reader.dir / '.gitignore').read_text().split()
+    settings = dict(
+        line.split('=', 1) for line in example.splitlines() if line and not line.startswith('#')
+    )
+    config = (reader.dir / 'config.py').read_text()
+    for variable in re.findall(r"'([A-Z]+_DATABASE_URL)'", config):
+        if variable.startswith(('DEV', 'TEST')):
+            assert '<password>' in settings[variable]  # a placeholder, never a real one
+    assert '# SECRET_KEY=' in example
+    # A reader copies the example to .env and fills it in; flask then needs no exports.
+    filled = example.replace(settings['DEV_DATABASE_URL'], database)
+    (reader.dir / '.env').write_text(filled)
+    assert 'Created the tables.' in reader.run('flask create-tables').stdout
+    assert stored(database) == []

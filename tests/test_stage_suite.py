@@ -1,0 +1,38 @@
+"""Stage 03's own test suite, run as its README says, in a copy of the stage."""
+
+import pytest
+
+from tests.reader import readme_commands
+from tools import postgres
+
+pytestmark = pytest.mark.stages('03')
+
+
+def test_own_suite_passes_and_leaves_the_database_empty(reader, database):
+    commands = readme_commands(reader.dir)
+    export = next(line for line in commands if line.startswith('export TEST_DATABASE_URL='))
+    assert commands[commands.index(export) + 1] == 'pytest'
+    reader.export(export, TEST_DATABASE_URL=database)
+    result = reader.run('pytest -p no:cacheprovider', check=False, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ' passed' in result.stdout.splitlines()[-1]
+    assert ' skipped' not in result.stdout.splitlines()[-1]
+    tables = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+    assert postgres.execute(database, tables) == []
+
+
+def test_own_suite_stops_at_once_without_a_test_database(reader):
+    result = reader.run('pytest -p no:cacheprovider', check=False)
+    assert result.returncode == 1
+    assert 'TEST_DATABASE_URL is not set' in result.stdout + result.stderr
+    assert ' passed' not in result.stdout
+
+
+def test_own_suite_refuses_a_database_that_has_tables(reader, database):
+    postgres.execute(database, 'CREATE TABLE keep_me (id integer)')
+    reader.env['TEST_DATABASE_URL'] = database
+    result = reader.run('pytest -p no:cacheprovider', check=False)
+    assert result.returncode == 1
+    assert 'already has tables (keep_me)' in result.stdout + result.stderr
+    tables = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+    assert postgres.execute(database, tables) == [('keep_me',)]
