@@ -11,8 +11,8 @@
 # ///
 """Build, test, serve and compare the stages of the series. ``nox -l`` lists the sessions.
 
-Plain ``nox`` (or ``python3 -m nox``) installs what this file needs, listed above, into
-``.nox/`` first. The stage sessions and ``serve`` use a throwaway PostgreSQL server, or
+Run it as ``python3 noxfile.py`` (it installs nox and the packages listed above into
+``.nox/`` the first time) or, with nox installed, as ``nox``. The stage sessions and ``serve`` use a throwaway PostgreSQL server, or
 yours when ``APP_DEPLOY_POSTGRES_URL`` names it (a user that may create databases).
 """
 
@@ -21,10 +21,15 @@ import secrets
 import sys
 from pathlib import Path
 
-import nox
-
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT))  # the console script `nox` leaves the noxfile's folder off
+
+try:
+    import nox
+except ModuleNotFoundError:  # run as `python3 noxfile.py` where nox is not installed
+    from tools.bootstrap import run_with_nox
+
+    run_with_nox(__file__)
 
 from tools import postgres  # noqa: E402
 from tools.stagediff import stage_diff  # noqa: E402

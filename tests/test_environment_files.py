@@ -1,12 +1,12 @@
 """The conda environment files say what the requirements files pin."""
 
 import re
-import tomllib
 from pathlib import Path
 
 import yaml
 
 from tests.reader import ROOT, STAGES
+from tools.bootstrap import script_dependencies
 
 
 def pins(path):
@@ -34,9 +34,8 @@ def conda_pins(path):
 def tooling_pins():
     """What the noxfile itself installs: its script dependencies, ruff and the docs."""
     noxfile = (ROOT / 'noxfile.py').read_text()
-    block = re.search(r'^# /// script\n(.*?)^# ///$', noxfile, re.M | re.S)[1]
-    script = tomllib.loads(''.join(line[2:] + '\n' for line in block.splitlines()))
-    tools = {spec.split('==')[0].lower(): spec for spec in script['dependencies']}
+    dependencies = script_dependencies(ROOT / 'noxfile.py')
+    tools = {spec.split('==')[0].lower(): spec for spec in dependencies}
     tools.update(ruff=re.search(r"'(ruff==[\d.]+)'", noxfile)[1])
     tools.update(pins(ROOT / 'docs' / 'requirements.txt'))
     return tools

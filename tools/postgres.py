@@ -15,8 +15,6 @@ import tempfile
 import warnings
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg2
-
 SERVER_VARIABLE = 'APP_DEPLOY_POSTGRES_URL'
 
 
@@ -44,10 +42,7 @@ def server_url():
     url = os.environ.get(SERVER_VARIABLE)
     if not url:
         url = _start_embedded()
-    try:
-        psycopg2.connect(url).close()
-    except psycopg2.Error as error:
-        raise ServerError(f'cannot connect to {masked(url)}: {error}'.strip()) from None
+    _connect(url).close()
     return url
 
 
@@ -84,12 +79,18 @@ def _start_embedded():
     return server.get_uri('postgres')
 
 
-def execute(url, statement):
-    """Run ``statement`` on the database at ``url`` outside a transaction; return its rows."""
+def _connect(url):
+    import psycopg2  # here, not at the top: `python3 noxfile.py` imports this module first
+
     try:
-        connection = psycopg2.connect(url)
+        return psycopg2.connect(url)
     except psycopg2.Error as error:
         raise ServerError(f'cannot connect to {masked(url)}: {error}'.strip()) from None
+
+
+def execute(url, statement):
+    """Run ``statement`` on the database at ``url`` outside a transaction; return its rows."""
+    connection = _connect(url)
     connection.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
     try:
         with connection.cursor() as cursor:
