@@ -36,6 +36,7 @@ from tools.stagediff import stage_diff  # noqa: E402
 
 STAGES = {path.name[:2]: path for path in sorted((ROOT / 'stages').iterdir()) if path.is_dir()}
 VENV = 'uv|virtualenv'
+DOCS_ENV = {'NO_MKDOCS_2_WARNING': '1'}  # Material's banner about its successor
 
 nox.needs_version = '>=2025.2.9'
 nox.options.default_venv_backend = VENV
@@ -115,13 +116,17 @@ def serve(session):
     env = {'FLASK_APP': 'wsgi.py' if (directory / 'wsgi.py').exists() else 'app.py'}
     if env['FLASK_APP'] == 'wsgi.py':
         env['FLASK_CONFIG'] = 'development'
-        if not os.environ.get('DEV_DATABASE_URL'):
-            url = server(session)
-            env['DEV_DATABASE_URL'] = postgres.create_database(
-                url, postgres.unique_name('app_deploy_development')
+        if os.environ.get('DEV_DATABASE_URL'):
+            session.log(
+                f'Using DEV_DATABASE_URL: {postgres.masked(os.environ["DEV_DATABASE_URL"])}'
             )
+        else:
+            url = postgres.embedded_url()
+            session.log(f'Using {postgres.describe(url)}; set DEV_DATABASE_URL to use yours')
+            env['DEV_DATABASE_URL'] = postgres.create_database(url, 'app_deploy_development')
         session.run('flask', 'create-tables', env=env)
-    session.log('Open http://127.0.0.1:5000/ in your browser; Ctrl-C stops the app.')
+    port = os.environ.get('FLASK_RUN_PORT', '5000')
+    session.log(f'Open http://127.0.0.1:{port}/ in your browser; Ctrl-C stops the app.')
     session.run('flask', 'run', *session.posargs[1:], env=env)
 
 
@@ -145,14 +150,15 @@ def lint(session):
 def docs(session):
     """Build the docs site with mkdocs --strict into site/."""
     session.install('-r', 'docs/requirements.txt')
-    session.run('mkdocs', 'build', '--strict', *session.posargs)
+    session.run('mkdocs', 'build', '--strict', *session.posargs, env=DOCS_ENV)
+    session.run(sys.executable, '-m', 'pytest', 'tests', '--stage', 'repo', external=True)
 
 
 @nox.session(name='docs-serve')
 def docs_serve(session):
     """Preview the docs at http://127.0.0.1:8000/, reloading as docs or stages change."""
     session.install('-r', 'docs/requirements.txt')
-    session.run('mkdocs', 'serve', '--watch', 'stages', *session.posargs)
+    session.run('mkdocs', 'serve', '--watch', 'stages', *session.posargs, env=DOCS_ENV)
 
 
 if __name__ == '__main__':

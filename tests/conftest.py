@@ -15,20 +15,25 @@ from tools import postgres
 
 
 def pytest_addoption(parser):
-    parser.addoption('--stage', choices=sorted(STAGES), required=True, help='stage to test')
+    parser.addoption(
+        '--stage',
+        choices=[*sorted(STAGES), 'repo'],
+        required=True,
+        help="the stage to test, or 'repo' for the docs and the tooling",
+    )
 
 
 def pytest_configure(config):
-    config.addinivalue_line('markers', 'stages(*numbers): the stages a test applies to')
+    config.addinivalue_line('markers', "stages(*numbers): the stages (or 'repo') a test is for")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Keep the tests that apply to the stage under test (deselected, not skipped)."""
+    """Keep the tests marked for the stage under test; deselect (not skip) the others."""
     stage = config.getoption('--stage')
     kept, dropped = [], []
     for item in items:
         marker = item.get_closest_marker('stages')
-        (kept if marker is None or stage in marker.args else dropped).append(item)
+        (kept if marker and stage in marker.args else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept

@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.reader import ROOT, STAGES
@@ -41,10 +42,12 @@ def tooling_pins():
     return tools
 
 
+@pytest.mark.stages('01', '02', '03')
 def test_stage_environment_matches_requirements(stage_dir):
     assert conda_pins(stage_dir / 'environment.yml') == pins(stage_dir / 'requirements.txt')
 
 
+@pytest.mark.stages('repo')
 def test_root_environment_covers_every_stage_and_the_tooling():
     wanted = tooling_pins()
     for stage_dir in STAGES.values():

