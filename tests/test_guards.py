@@ -171,15 +171,25 @@ MISTAKES = {
 }
 
 
-@pytest.mark.parametrize('command', ['flask run', 'flask shell', 'flask create-tables'])
-@pytest.mark.parametrize('env, variable', MISTAKES.values(), ids=MISTAKES.keys())
-def test_configuration_mistake_ends_with_one_clear_line(reader, command, env, variable):
-    result = reader.run(command, env={'FLASK_APP': 'wsgi.py', **env}, input='', check=False)
+def assert_one_clear_line(result, variable):
     assert result.returncode != 0
     output = (result.stdout + result.stderr).strip().splitlines()
     assert len(output) == 1, output
     assert output[0].startswith('Error: ')
     assert variable in output[0]
+
+
+@pytest.mark.parametrize('env, variable', MISTAKES.values(), ids=MISTAKES.keys())
+def test_configuration_mistake_ends_with_one_clear_line(reader, env, variable):
+    result = reader.run('flask run', env={'FLASK_APP': 'wsgi.py', **env}, check=False)
+    assert_one_clear_line(result, variable)
+
+
+@pytest.mark.parametrize('command', ['flask shell', 'flask create-tables'])
+def test_every_command_stops_on_a_mistake(reader, command):
+    env, variable = MISTAKES['production without SECRET_KEY']
+    result = reader.run(command, env={'FLASK_APP': 'wsgi.py', **env}, input='', check=False)
+    assert_one_clear_line(result, variable)
 
 
 def test_unreachable_database_ends_with_one_clear_line(reader):

@@ -76,6 +76,7 @@ def embedded_url():
     )
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    print(f'Started an embedded PostgreSQL server in {server.pgdata}', file=sys.stderr)
     return server.get_uri('postgres')
 
 
