@@ -64,16 +64,11 @@ def stage_dir(session, default=None):
     return STAGES[number]
 
 
-def test_stage(session, number):
-    """Install a stage from its requirements.txt alone and run the repository tests on it."""
-    session.install('-r', str(STAGES[number] / 'requirements.txt'))
+def run_tests(session, target, *args, env=None):
+    """Run the repository tests for ``target`` (a stage number, or 'repo') on PostgreSQL."""
     url = server(session)
-    prefix = f'app_deploy_nox_{session.name}_{secrets.token_hex(3)}'
-    env = {
-        'APP_DEPLOY_POSTGRES_URL': url,
-        'APP_DEPLOY_DATABASE_PREFIX': prefix,
-        'APP_DEPLOY_STAGE_BIN': session.bin,
-    }
+    prefix = f'app_deploy_nox_{session.name.replace("-", "_")}_{secrets.token_hex(3)}'
+    env = {'APP_DEPLOY_POSTGRES_URL': url, 'APP_DEPLOY_DATABASE_PREFIX': prefix, **(env or {})}
     try:
         session.run(
             sys.executable,
@@ -81,13 +76,19 @@ def test_stage(session, number):
             'pytest',
             'tests',
             '--stage',
-            number,
-            *session.posargs,
+            target,
+            *args,
             env=env,
             external=True,
         )
     finally:
         postgres.drop_databases(url, prefix)
+
+
+def test_stage(session, number):
+    """Install a stage from its requirements.txt alone and run the repository tests on it."""
+    session.install('-r', str(STAGES[number] / 'requirements.txt'))
+    run_tests(session, number, *session.posargs, env={'APP_DEPLOY_STAGE_BIN': session.bin})
 
 
 @nox.session(tags=['stages'])
@@ -157,10 +158,10 @@ def lint(session):
 
 @nox.session
 def docs(session):
-    """Build the docs site with mkdocs --strict into site/."""
+    """Build the docs site with mkdocs --strict into site/; test the docs and tooling."""
     session.install('-r', 'docs/requirements.txt')
     session.run('mkdocs', 'build', '--strict', *session.posargs, env=DOCS_ENV)
-    session.run(sys.executable, '-m', 'pytest', 'tests', '--stage', 'repo', external=True)
+    run_tests(session, 'repo')
 
 
 @nox.session(name='docs-serve')
