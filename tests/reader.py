@@ -16,10 +16,23 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGES = {path.name[:2]: path for path in sorted((ROOT / 'stages').iterdir()) if path.is_dir()}
 
 
+FENCE = re.compile(r'^(`{3,})(\S*)[^\n]*\n(.*?)^\1$', re.MULTILINE | re.DOTALL)
+
+
+def fenced_blocks(path, language=None):
+    """The bodies of the fenced blocks in the Markdown file ``path``, as (language, body)."""
+    blocks = [(match[2], match[3]) for match in FENCE.finditer(Path(path).read_text())]
+    return [block for block in blocks if language in (None, block[0])]
+
+
+def readme_blocks(stage_dir, language):
+    """The bodies of the stage README's blocks in ``language``."""
+    return [body for _, body in fenced_blocks(Path(stage_dir) / 'README.md', language)]
+
+
 def readme_commands(stage_dir):
     """Every line of the ```console blocks in the stage's README."""
-    text = (Path(stage_dir) / 'README.md').read_text()
-    blocks = re.findall(r'^```console\n(.*?)^```', text, flags=re.M | re.S)
+    blocks = readme_blocks(stage_dir, 'console')
     return [line for block in blocks for line in block.splitlines() if line.strip()]
 
 

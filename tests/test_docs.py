@@ -4,12 +4,11 @@ import re
 
 import pytest
 
-from tests.reader import ROOT, STAGES, readme_commands
+from tests.reader import ROOT, STAGES, fenced_blocks, readme_blocks, readme_commands
 
 pytestmark = pytest.mark.stages('repo')
 
 DOCS = ROOT / 'docs'
-FENCE = re.compile(r'^(`{3,})(\S*)[^\n]*\n(.*?)^\1$', re.MULTILINE | re.DOTALL)
 SNIPPET = re.compile(r'^--8<-- "([^"]+)"$')
 
 # Commands the docs show that no stage README has, and the test that runs each.
@@ -33,8 +32,8 @@ NOT_RUN = {
 def blocks():
     """Every fenced block of the docs: (page, language, body)."""
     for page in sorted(DOCS.glob('*.md')):
-        for match in FENCE.finditer(page.read_text()):
-            yield page.name, match[2], match[3]
+        for language, body in fenced_blocks(page):
+            yield page.name, language, body
 
 
 def stage_code_lines():
@@ -45,15 +44,6 @@ def stage_code_lines():
             if path.is_file() and path.suffix != '.md' and '__pycache__' not in path.parts:
                 lines.update(line.strip() for line in path.read_text().splitlines())
     return {line for line in lines if len(line) >= 12}
-
-
-def readme_blocks(language):
-    return {
-        match[3]
-        for stage in STAGES.values()
-        for match in FENCE.finditer((stage / 'README.md').read_text())
-        if match[2] == language
-    }
 
 
 def test_every_included_file_exists_and_blocks_hold_only_the_include():
@@ -76,12 +66,16 @@ def test_no_stage_code_is_pasted():
 
 def test_every_command_is_one_a_test_runs():
     readme = {line for stage in STAGES.values() for line in readme_commands(stage)}
+    readme_bodies = {
+        language: {body for stage in STAGES.values() for body in readme_blocks(stage, language)}
+        for language in ('sql', 'python')
+    }
     for page, language, body in blocks():
         if language == 'console':
             for command in body.splitlines():
                 assert command in readme | RUN_BY.keys() | NOT_RUN.keys(), f'{page}: {command}'
         elif language in ('sql', 'python') and not SNIPPET.match(body.strip()):
-            assert body in readme_blocks(language), f'{page}: a {language} session no test runs'
+            assert body in readme_bodies[language], f'{page}: a {language} session no test runs'
 
 
 def test_commands_outside_the_readmes_are_in_their_tests():

@@ -5,17 +5,12 @@ import subprocess
 
 import pytest
 
-from tests.reader import readme_commands
+from tests.reader import readme_blocks, readme_commands
 from tools import postgres
 
 pytestmark = pytest.mark.stages('02', '03')
 
 NAMES = ['Foobar', 'Mark', 'Joanna']
-
-
-def readme_blocks(reader, language):
-    text = (reader.dir / 'README.md').read_text()
-    return re.findall(rf'^```{language}\n(.*?)^```', text, flags=re.M | re.S)
 
 
 def session_lines(block):
@@ -31,7 +26,7 @@ def session_lines(block):
 
 def test_psql_creates_the_databases(reader, server):
     """The README's psql lines, run with names of our own on the test server."""
-    (sql,) = readme_blocks(reader, 'sql')
+    (sql,) = readme_blocks(reader.dir, 'sql')
     assert 'CREATE DATABASE app_deploy_development;' in sql
     assert 'CREATE DATABASE app_deploy_test;' in sql
     prefix = postgres.unique_name('app_deploy_psql')
@@ -61,7 +56,7 @@ def test_walkthrough(reader, database):
         reader.export(line, DEV_DATABASE_URL=database)
     assert commands.count('flask shell') == 2
     assert 'flask run' in commands
-    create_block, query_block = readme_blocks(reader, 'python')
+    create_block, query_block = readme_blocks(reader.dir, 'python')
 
     typed, _ = session_lines(create_block)
     assert typed == 'from app import db\ndb.create_all()\nquit()\n'
