@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.reader import STAGES, Reader
+from tests.reader import Reader
 from tools import postgres
+from tools.stagediff import STAGES
 
 
 def pytest_addoption(parser):

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-STAGES = {path.name[:2]: path for path in sorted((ROOT / 'stages').iterdir()) if path.is_dir()}
-
+from tools import postgres
 
 FENCE = re.compile(r'^(`{3,})(\S*)[^\n]*\n(.*?)^\1$', re.MULTILINE | re.DOTALL)
 
@@ -34,6 +32,12 @@ def readme_commands(stage_dir):
     """Every line of the ```console blocks in the stage's README."""
     blocks = readme_blocks(stage_dir, 'console')
     return [line for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def stored_names(url):
+    """The names in the stage's table at ``url``, in the order they were stored."""
+    rows = postgres.execute(url, 'SELECT name FROM names ORDER BY id')
+    return [name for (name,) in rows]
 
 
 def free_port():
@@ -58,6 +62,11 @@ class Reader:
         }
         self.env['PATH'] = f'{self.bin}{os.pathsep}{self.env.get("PATH", "")}'
         self.env['VIRTUAL_ENV'] = str(self.bin.parent)
+
+    def develop_on(self, url):
+        """Set the app up for development on the database at ``url``, tables created."""
+        self.env.update(FLASK_APP='wsgi.py', FLASK_CONFIG='development', DEV_DATABASE_URL=url)
+        return self.run('flask create-tables')
 
     def export(self, line, **values):
         """Apply an ``export NAME=value`` line, replacing ``<placeholder>`` values."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import postgres
+from tests.reader import stored_names
 
 CHROMIUM = os.environ.get('APP_DEPLOY_CHROMIUM') or shutil.which('chromium') or '/usr/bin/chromium'
 # Flags a headless Chromium needs as root, and to keep it off the network but for the app.
@@ -77,8 +77,7 @@ def test_hello_world_in_a_browser(reader, page, screenshot):
 def test_form_in_a_browser(reader, database, page, screenshot, stage):
     from playwright.sync_api import expect
 
-    reader.env.update(FLASK_APP='wsgi.py', FLASK_CONFIG='development', DEV_DATABASE_URL=database)
-    reader.run('flask create-tables')
+    reader.develop_on(database)
     listed = page.get_by_role('listitem')
     with reader.serve() as site:
         page.goto(site.url)
@@ -91,8 +90,7 @@ def test_form_in_a_browser(reader, database, page, screenshot, stage):
             expect(page.get_by_label('Enter a name')).to_have_value('')  # back on a new form
             if stage == '03':
                 expect(listed.last).to_have_text(name)
-        stored = postgres.execute(database, 'SELECT name FROM names ORDER BY id')
-        assert stored == [(name,) for name in NAMES]
+        assert stored_names(database) == NAMES
         if stage == '03':
             expect(listed).to_have_text(NAMES)
             screenshot(page)
@@ -101,4 +99,4 @@ def test_form_in_a_browser(reader, database, page, screenshot, stage):
         page.get_by_label('Enter a name').fill('   ')
         page.get_by_role('button', name='Submit').click()
         expect(page.get_by_text('Please enter a name.')).to_be_visible()
-        assert len(postgres.execute(database, 'SELECT name FROM names')) == len(NAMES)
+        assert stored_names(database) == NAMES

@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from tests.reader import ROOT, STAGES, fenced_blocks, readme_blocks, readme_commands
+from tests.reader import fenced_blocks, readme_blocks, readme_commands
+from tools.stagediff import ROOT, STAGES
 
 pytestmark = pytest.mark.stages('repo')
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.reader import ROOT, STAGES
 from tools.bootstrap import script_dependencies
+from tools.stagediff import ROOT, STAGES
 
 
 def pins(path):

@@ -7,17 +7,12 @@ import threading
 import pytest
 
 from tests.proxy import Proxy
-from tests.reader import Reader
+from tests.reader import Reader, stored_names
 from tools import postgres
 
 pytestmark = pytest.mark.stages('02', '03')
 
 MAX = 100  # the length of the name column
-
-
-def development(reader, url):
-    reader.env.update(FLASK_APP='wsgi.py', FLASK_CONFIG='development', DEV_DATABASE_URL=url)
-    reader.run('flask create-tables')
 
 
 @pytest.fixture(scope='module')
@@ -26,14 +21,10 @@ def served(stage_dir, stage_bin, server, tmp_path_factory):
     name = postgres.unique_name('app_deploy_guards')
     url = postgres.create_database(server, name)
     reader = Reader(stage_dir, tmp_path_factory.mktemp('guards'), stage_bin)
-    development(reader, url)
+    reader.develop_on(url)
     with reader.serve() as site:
         yield site, url
     postgres.drop_database(server, name)
-
-
-def stored(url):
-    return [name for (name,) in postgres.execute(url, 'SELECT name FROM names ORDER BY id')]
 
 
 VALID = {
@@ -64,7 +55,7 @@ def test_valid_name_is_stored_as_typed(served, typed, expected):
     site, url = served
     response = site.submit(typed)
     assert response.status_code == 200
-    assert stored(url)[-1] == expected
+    assert stored_names(url)[-1] == expected
     listed = [html.unescape(item) for item in re.findall(r'<li>(.*?)</li>', response.text, re.S)]
     if listed:  # stage 03 lists the names, escaped
         assert listed[-1] == expected
@@ -74,11 +65,11 @@ def test_valid_name_is_stored_as_typed(served, typed, expected):
 @pytest.mark.parametrize('typed, message', INVALID.values(), ids=INVALID.keys())
 def test_invalid_name_is_refused(served, typed, message):
     site, url = served
-    before = stored(url)
+    before = stored_names(url)
     response = site.submit(typed)
     assert response.status_code == 200
     assert message in response.text
-    assert stored(url) == before
+    assert stored_names(url) == before
 
 
 def test_undecodable_bytes_get_a_page(served):
@@ -87,13 +78,13 @@ def test_undecodable_bytes_get_a_page(served):
     headers = {'Content-Type': 'application/x-www-form-urlencoded'}
     response = site.http.post(site.url + '/', data=body, headers=headers, timeout=30)
     assert response.status_code == 200
-    assert stored(url)[-1] == '%FF%FEabc'  # Werkzeug keeps bytes that are not UTF-8 quoted
+    assert stored_names(url)[-1] == '%FF%FEabc'  # Werkzeug keeps bytes that are not UTF-8 quoted
 
 
 @pytest.mark.parametrize('token', [None, 'forged', 'another client'])
 def test_post_without_a_valid_csrf_token_is_refused(served, token):
     site, url = served
-    before = stored(url)
+    before = stored_names(url)
     data = {'name': 'Mallory'}
     if token == 'forged':
         data['csrf_token'] = 'IjEyMzQ1Ig.forged.token'
@@ -102,12 +93,12 @@ def test_post_without_a_valid_csrf_token_is_refused(served, token):
     response = site.http.post(site.url + '/', data=data, timeout=30)
     assert response.status_code == 400
     assert 'CSRF' in response.text
-    assert stored(url) == before
+    assert stored_names(url) == before
 
 
 def test_concurrent_submissions_are_all_stored(served):
     site, url = served
-    before = len(stored(url))
+    before = len(stored_names(url))
     clients, per_client = 8, 5
     statuses = []
 
@@ -122,7 +113,7 @@ def test_concurrent_submissions_are_all_stored(served):
     for thread in threads:
         thread.join(120)
     assert statuses == [200] * (clients * per_client)
-    names = stored(url)[before:]
+    names = stored_names(url)[before:]
     assert sorted(names) == sorted(
         f'reader {n}-{i}' for n in range(clients) for i in range(per_client)
     )
@@ -131,7 +122,7 @@ def test_concurrent_submissions_are_all_stored(served):
 def test_database_outage_answers_503_then_recovers(reader, database):
     proxy = Proxy(database)
     proxy.start()
-    development(reader, proxy.url)
+    reader.develop_on(proxy.url)
     with reader.serve() as site:
         assert site.submit('before').status_code == 200
         token = site.csrf_token()
@@ -150,7 +141,7 @@ def test_database_outage_answers_503_then_recovers(reader, database):
         assert site.submit('after').status_code == 200
         assert site.get().status_code == 200
     proxy.stop()
-    assert stored(database) == ['before', 'after']
+    assert stored_names(database) == ['before', 'after']
 
 
 MISTAKES = {
@@ -231,4 +222,4 @@ def test_env_file_holds_the_settings_and_is_ignored(reader, database):
     filled = example.replace(settings['DEV_DATABASE_URL'], database)
     (reader.dir / '.env').write_text(filled)
     assert 'Created the tables.' in reader.run('flask create-tables').stdout
-    assert stored(database) == []
+    assert stored_names(database) == []

@@ -1,8 +1,11 @@
 """Stage 01 as a reader runs it."""
 
+import shlex
+
 import pytest
 
 from tests.reader import readme_commands
+from tools.stagediff import STAGES
 
 pytestmark = pytest.mark.stages('01')
 
@@ -23,3 +26,18 @@ def test_python_app_py(reader):
     assert 'python app.py' in readme_commands(reader.dir)
     with reader.serve('python app.py', port=5000) as site:
         assert site.get().text == 'Hello World!'
+
+
+INSTALL = ['python3 -m venv .venv', '. .venv/bin/activate', 'pip install -r requirements.txt']
+
+
+def test_install_commands_make_a_working_environment(reader):
+    """The README's install lines, typed into bash as they stand; the later stages share them."""
+    for stage_dir in STAGES.values():
+        commands = readme_commands(stage_dir)
+        start = commands.index(INSTALL[0])
+        assert commands[start : start + len(INSTALL)] == INSTALL, stage_dir.name
+    script = ' && '.join([*INSTALL, 'flask --app app.py routes'])
+    result = reader.run(f'bash -c {shlex.quote(script)}', timeout=300)
+    assert (reader.dir / '.venv' / 'bin' / 'flask').exists()
+    assert 'hello_world' in result.stdout

@@ -10,8 +10,8 @@ import sys
 import pytest
 import requests
 
-from tests.reader import ROOT, STAGES, free_port
-from tools.stagediff import stage_diff
+from tests.reader import free_port
+from tools.stagediff import ROOT, STAGES, stage_diff
 
 pytestmark = pytest.mark.stages('repo')
 

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from tests.reader import readme_blocks, readme_commands
+from tests.reader import readme_blocks, readme_commands, stored_names
 from tools import postgres
 
 pytestmark = pytest.mark.stages('02', '03')
@@ -77,12 +77,9 @@ def test_walkthrough(reader, database):
     output = reader.run('flask shell', input=typed).stdout
     for line in printed:
         assert line.strip() in output
-    assert postgres.execute(database, 'SELECT name FROM names ORDER BY id') == [
-        (name,) for name in NAMES
-    ]
+    assert stored_names(database) == NAMES
 
 
 def test_create_tables_command(reader, database):
-    reader.env.update(FLASK_APP='wsgi.py', FLASK_CONFIG='development', DEV_DATABASE_URL=database)
-    assert 'Created the tables.' in reader.run('flask create-tables').stdout
+    assert 'Created the tables.' in reader.develop_on(database).stdout
     assert postgres.execute(database, 'SELECT count(*) FROM names') == [(0,)]
