@@ -33,7 +33,8 @@ except ModuleNotFoundError:  # run as `python3 noxfile.py` where nox is not inst
     run_with_nox(__file__)
 
 from tools import postgres  # noqa: E402
-from tools.stagediff import STAGES, stage_diff  # noqa: E402
+from tools.stagediff import stage_diff  # noqa: E402
+from tools.stages import STAGES  # noqa: E402
 
 VENV = 'uv|virtualenv'
 DOCS_ENV = {'NO_MKDOCS_2_WARNING': '1'}  # Material's banner about its successor

@@ -12,7 +12,7 @@ import pytest
 
 from tests.reader import Reader
 from tools import postgres
-from tools.stagediff import STAGES
+from tools.stages import STAGES
 
 
 def pytest_addoption(parser):

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from tests.reader import fenced_blocks, readme_blocks, readme_commands
-from tools.stagediff import ROOT, STAGES
+from tools.stages import ROOT, STAGES
 
 pytestmark = pytest.mark.stages('repo')
 

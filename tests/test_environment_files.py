@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from tools.bootstrap import script_dependencies
-from tools.stagediff import ROOT, STAGES
+from tools.stages import ROOT, STAGES
 
 
 def pins(path):
@@ -20,10 +20,10 @@ def pins(path):
     }
 
 
-def conda_pins(path):
-    """The parsed environment file and its pip pins, by lower-case name."""
+def conda_pins(path, name):
+    """The pip pins of an environment file, by lower-case name; check its ``name``."""
     environment = yaml.safe_load(Path(path).read_text())
-    assert environment['name'] == 'app-deploy'
+    assert environment['name'] == name  # one name per file, so each can be created
     assert 'prefix' not in environment
     (pip,) = [item for item in environment['dependencies'] if isinstance(item, dict)]
     for spec in environment['dependencies']:
@@ -42,9 +42,11 @@ def tooling_pins():
     return tools
 
 
-@pytest.mark.stages('01', '02', '03')
+@pytest.mark.stages('01', '02', '03', '04', '05', '06', '07', '08')
 def test_stage_environment_matches_requirements(stage_dir):
-    assert conda_pins(stage_dir / 'environment.yml') == pins(stage_dir / 'requirements.txt')
+    assert conda_pins(stage_dir / 'environment.yml', f'app-deploy-{stage_dir.name}') == pins(
+        stage_dir / 'requirements.txt'
+    )
 
 
 @pytest.mark.stages('repo')
@@ -53,4 +55,4 @@ def test_root_environment_covers_every_stage_and_the_tooling():
     for stage_dir in STAGES.values():
         for name, pin in pins(stage_dir / 'requirements.txt').items():
             assert wanted.setdefault(name, pin) == pin, f'stages disagree on {name}'
-    assert conda_pins(ROOT / 'environment.yml') == wanted
+    assert conda_pins(ROOT / 'environment.yml', 'app-deploy') == wanted

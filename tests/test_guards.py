@@ -221,5 +221,5 @@ def test_env_file_holds_the_settings_and_is_ignored(reader, database):
     # A reader copies the example to .env and fills it in; flask then needs no exports.
     filled = example.replace(settings['DEV_DATABASE_URL'], database)
     (reader.dir / '.env').write_text(filled)
-    assert 'Created the tables.' in reader.run('flask create-tables').stdout
+    assert 'Created the tables: names.' in reader.run('flask create-tables').stdout
     assert stored_names(database) == []

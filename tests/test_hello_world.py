@@ -5,7 +5,7 @@ import shlex
 import pytest
 
 from tests.reader import readme_commands
-from tools.stagediff import STAGES
+from tools.stages import STAGES
 
 pytestmark = pytest.mark.stages('01')
 

@@ -23,16 +23,26 @@ def test_own_suite_passes_and_leaves_the_database_empty(reader, database):
 
 def test_own_suite_stops_at_once_without_a_test_database(reader):
     result = reader.run('pytest -p no:cacheprovider', check=False)
-    assert result.returncode == 1
-    assert 'TEST_DATABASE_URL is not set' in result.stdout + result.stderr
-    assert ' passed' not in result.stdout
+    assert result.returncode == 4  # pytest's "usage error"
+    output = (result.stdout + result.stderr).strip().splitlines()
+    assert len(output) == 1, output
+    assert 'TEST_DATABASE_URL is not set' in output[0]
+
+
+def test_own_suite_reads_the_test_database_from_env_file(reader, database):
+    """The README says .env may hold TEST_DATABASE_URL: pytest reads it as flask does."""
+    assert 'TEST_DATABASE_URL=' in (reader.dir / '.env.example').read_text()
+    (reader.dir / '.env').write_text(f'TEST_DATABASE_URL={database}\n')
+    result = reader.run('pytest -p no:cacheprovider -q -k test_name_is_stored', check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ' passed' in result.stdout.splitlines()[-1]
 
 
 def test_own_suite_refuses_a_database_that_has_tables(reader, database):
     postgres.execute(database, 'CREATE TABLE keep_me (id integer)')
     reader.env['TEST_DATABASE_URL'] = database
     result = reader.run('pytest -p no:cacheprovider', check=False)
-    assert result.returncode == 1
+    assert result.returncode == 4
     assert 'already has tables (keep_me)' in result.stdout + result.stderr
     tables = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
     assert postgres.execute(database, tables) == [('keep_me',)]

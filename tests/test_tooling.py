@@ -11,7 +11,8 @@ import pytest
 import requests
 
 from tests.reader import free_port
-from tools.stagediff import ROOT, STAGES, stage_diff
+from tools.stagediff import stage_diff
+from tools.stages import ROOT, STAGES
 
 pytestmark = pytest.mark.stages('repo')
 
@@ -59,7 +60,7 @@ def test_serve_session_runs_the_app_until_ctrl_c(database):
         os.killpg(server.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
         output = server.communicate(timeout=60)[0]
     assert f'Open http://127.0.0.1:{port}/' in output
-    assert 'Created the tables.' in output
+    assert 'Created the tables: names.' in output
 
 
 def test_stage_session_runs_from_the_root():

@@ -81,5 +81,6 @@ def test_walkthrough(reader, database):
 
 
 def test_create_tables_command(reader, database):
-    assert 'Created the tables.' in reader.develop_on(database).stdout
+    assert 'Created the tables: names.' in reader.develop_on(database).stdout
+    assert 'nothing was created' in reader.develop_on(database).stdout
     assert postgres.execute(database, 'SELECT count(*) FROM names') == [(0,)]

@@ -5,19 +5,20 @@ The diff is made from the stage directories each time the site is built, so the
 """
 
 import re
-from pathlib import Path
 
 from stagediff import stage_diff  # mkdocs puts this file's folder on sys.path
 
-STAGES = Path(__file__).resolve().parent.parent / 'stages'
+from stages import STAGES
+
 MARKER = re.compile(r'^<!-- stage-diff (\S+) (\S+) -->$', re.MULTILINE)
 
 
 def _diff_block(match):
-    old, new = (STAGES / name for name in match.groups())
-    for directory in (old, new):
-        if not directory.is_dir():
-            raise ValueError(f'stage-diff names a missing stage directory: {directory.name}')
+    by_name = {path.name: path for path in STAGES.values()}
+    for name in match.groups():
+        if name not in by_name:
+            raise ValueError(f'stage-diff names a missing stage directory: {name}')
+    old, new = (by_name[name] for name in match.groups())
     diff = stage_diff(old, new)
     if not diff:
         return f'No file changed between `{old.name}` and `{new.name}`.'

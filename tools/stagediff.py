@@ -3,9 +3,6 @@
 import difflib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-# The stages by number ('01', '02', ...): the directories under stages/.
-STAGES = {path.name[:2]: path for path in sorted((ROOT / 'stages').iterdir()) if path.is_dir()}
 IGNORED = {'__pycache__', '.venv', '.pytest_cache', '.env', 'site'}
 
 

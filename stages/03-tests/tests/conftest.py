@@ -1,25 +1,29 @@
 import os
 
 import pytest
+from flask.cli import load_dotenv
+from sqlalchemy.exc import OperationalError
 
 from app import create_app, db
 
 
 def pytest_sessionstart(session):
     """Stop before the first test if the test database is missing or in use."""
+    load_dotenv()  # read .env as `flask` does, so TEST_DATABASE_URL may live there
     if not os.environ.get('TEST_DATABASE_URL'):
-        pytest.exit(
-            'TEST_DATABASE_URL is not set; export it as '
-            'postgresql://<user>:<password>@localhost:5432/app_deploy_test',
-            returncode=1,
+        raise pytest.UsageError(
+            'TEST_DATABASE_URL is not set; export it (or put it in .env) as '
+            'postgresql://<user>:<password>@localhost:5432/app_deploy_test'
         )
-    with create_app('testing').app_context():
-        tables = db.inspect(db.engine).get_table_names()
+    try:
+        with create_app('testing').app_context():
+            tables = db.inspect(db.engine).get_table_names()
+    except OperationalError as error:
+        raise pytest.UsageError(f'cannot reach TEST_DATABASE_URL: {error.orig}'.strip()) from None
     if tables:
-        pytest.exit(
+        raise pytest.UsageError(
             f'the database in TEST_DATABASE_URL already has tables ({", ".join(tables)}) '
-            'and the tests drop what they create; point it at an empty database',
-            returncode=1,
+            'and the tests drop what they create; point it at an empty database'
         )
 
 

@@ -9,6 +9,9 @@ def test_create_tables(app, runner, monkeypatch):
         db.drop_all()
     result = runner.invoke(create_tables)
     assert result.exit_code == 0
-    assert 'Created the tables.' in result.output
+    assert 'Created the tables: names.' in result.output
     with app.app_context():
         assert db.inspect(db.engine).get_table_names() == ['names']
+    result = runner.invoke(create_tables)
+    assert result.exit_code == 0
+    assert 'nothing was created' in result.output
