@@ -10,15 +10,16 @@
 #     "uv==0.13.8",
 # ]
 # ///
-"""Build, test, serve and compare the stages of the series. ``nox -l`` lists the sessions.
+"""Build, test, serve and compare the stages of the series.
 
-Run it as ``python3 noxfile.py`` (it installs nox and the packages listed above into
-``.nox/`` the first time) or, with nox installed, as ``nox``. The stage sessions and ``serve`` use a throwaway PostgreSQL server, or
-yours when ``APP_DEPLOY_POSTGRES_URL`` names it (a user that may create databases).
+Run it as python3 noxfile.py (the first time, it installs nox and what the sessions
+need into .nox/_bootstrap) or, with nox installed, as nox. The stage sessions and
+serve use a throwaway PostgreSQL server, or yours when APP_DEPLOY_POSTGRES_URL names it.
 """
 
+import atexit
 import os
-import secrets
+import socket
 import sys
 from pathlib import Path
 
@@ -32,16 +33,59 @@ except ModuleNotFoundError:  # run as `python3 noxfile.py` where nox is not inst
 
     run_with_nox(__file__)
 
-from tools import postgres  # noqa: E402
+from tools import postgres, run  # noqa: E402
 from tools.stagediff import stage_diff  # noqa: E402
-from tools.stages import STAGES  # noqa: E402
+from tools.stages import STAGES, flask_app, setup_command, title  # noqa: E402
+
+# The command the reader typed, to name it in hints. `python3 noxfile.py` runs this
+# file as __main__ first; nox then imports it again, and so do --parallel children.
+if __name__ == '__main__':
+    os.environ.setdefault('APP_DEPLOY_NOX_COMMAND', 'python3 noxfile.py')
+COMMAND = os.environ.get('APP_DEPLOY_NOX_COMMAND', 'nox')
+
+
+def option(argv, *names):
+    """The values given to the nox option ``names`` in ``argv`` (before ``--``)."""
+    argv = argv[: argv.index('--')] if '--' in argv else argv
+    values, taking = [], False
+    for arg in argv:
+        if arg.startswith('-'):
+            name, equals, value = arg.partition('=')
+            taking = arg in names
+            values += [value] if equals and name in names else []
+        elif taking:
+            values.append(arg)
+    return values
+
+
+ARGV = sys.argv[1:]
+LISTING = bool(
+    {'-l', '--list', '--list-sessions', '--json', '-h', '--help', '--version'}
+    & {*ARGV[: ARGV.index('--') if '--' in ARGV else None]}
+)
+# One run at a time per environment folder; SIGTERM and SIGHUP stop the run as Ctrl-C
+# does; the folders of killed runs are deleted (tools/run.py).
+if run.begin(Path((option(ARGV, '--envdir') or ['.nox'])[-1]).resolve(), COMMAND, LISTING):
+    # At the end of the run, drop what a killed session left on the reader's server.
+    atexit.register(postgres.drop_run_databases)
 
 VENV = 'uv|virtualenv'
 DOCS_ENV = {'NO_MKDOCS_2_WARNING': '1'}  # Material's banner about its successor
+# Time pytest has to stop its servers and drop its databases when nox is stopped.
+CLEANUP_SECONDS = 30
 
-nox.needs_version = '>=2025.2.9'
+nox.needs_version = '>=2026.10.20'
 nox.options.default_venv_backend = VENV
-nox.options.sessions = ['stage01', 'stage02', 'stage03', 'lint', 'docs']
+nox.options.sessions = [*(f'stage{number}' for number in STAGES), 'lint', 'docs']
+# Independent sessions run side by side, one per core, each in a nox process of its
+# own; one session named with -s runs here, its output shown as it comes.
+if len(option(ARGV, '-s', '-e', '--session', '--sessions')) != 1:
+    nox.options.parallel = 'auto'
+
+
+def fail(session, message):
+    """Stop the session with ``message``, naming the command the reader used."""
+    session.error(message.replace('{nox}', COMMAND))
 
 
 def server(session):
@@ -49,37 +93,33 @@ def server(session):
     try:
         url = postgres.server_url()
     except postgres.ServerError as error:
-        session.error(str(error))
+        fail(session, str(error))
     session.log(f'Using {postgres.describe(url)}')
     return url
 
 
-def stage_dir(session, default=None):
+def stage_number(session, default=None):
     """The stage named by the first argument after ``--`` (``01``, ``02``, ...)."""
     number = session.posargs[0] if session.posargs else default
     if number not in STAGES:
-        session.error(
-            f'name a stage: nox -s {session.name} -- NN, with NN one of {", ".join(STAGES)}'
+        fail(
+            session,
+            f'name a stage: {{nox}} -s {session.name} -- NN, NN one of {", ".join(STAGES)}',
         )
-    return STAGES[number]
+    return number
 
 
 def run_tests(session, target, *args, env=None):
     """Run the repository tests for ``target`` (a stage number, or 'repo') on PostgreSQL."""
     url = server(session)
-    prefix = f'app_deploy_nox_{session.name.replace("-", "_")}_{secrets.token_hex(3)}'
+    prefix = run.database_prefix(session.name)
     env = {'APP_DEPLOY_POSTGRES_URL': url, 'APP_DEPLOY_DATABASE_PREFIX': prefix, **(env or {})}
     try:
         session.run(
-            sys.executable,
-            '-m',
-            'pytest',
-            'tests',
-            '--stage',
-            target,
-            *args,
+            *(sys.executable, '-m', 'pytest', 'tests', '--stage', target, *args),
             env=env,
             external=True,
+            terminate_timeout=CLEANUP_SECONDS,
         )
     finally:
         postgres.drop_databases(url, prefix)
@@ -87,68 +127,101 @@ def run_tests(session, target, *args, env=None):
 
 def test_stage(session, number):
     """Install a stage from its requirements.txt alone and run the repository tests on it."""
+    server(session)  # first: a server that refuses stops the run before anything else
     session.install('-r', str(STAGES[number] / 'requirements.txt'))
     run_tests(session, number, *session.posargs, env={'APP_DEPLOY_STAGE_BIN': session.bin})
 
 
-@nox.session(tags=['stages'])
-def stage01(session):
-    """Test stage 01, hello world, as a reader runs it."""
-    test_stage(session, '01')
+# One session per stage folder, stageNN, described by the first line of its README.
+for _number, _directory in STAGES.items():
+
+    def _stage_session(session, number=_number):
+        test_stage(session, number)
+
+    _stage_session.__doc__ = f'Test s{title(_directory)[1:]}, as a reader runs it.'
+    nox.session(name=f'stage{_number}', tags=['stages'], allow_parallel=True)(_stage_session)
 
 
-@nox.session(tags=['stages'])
-def stage02(session):
-    """Test stage 02, database and configuration, against PostgreSQL."""
-    test_stage(session, '02')
-
-
-@nox.session(tags=['stages'])
-def stage03(session):
-    """Test stage 03 and run its own pytest suite, against PostgreSQL."""
-    test_stage(session, '03')
-
-
-@nox.session(venv_backend='none')
+@nox.session(venv_backend='none', allow_parallel=False)
 def screenshots(session):
-    """Take new screenshots of each stage's page for the docs, in a real Chromium."""
+    """Take the docs' screenshots of each stage's page again, in Chromium."""
     os.environ['APP_DEPLOY_SCREENSHOTS'] = str(ROOT / 'docs' / 'screenshots')
     for number in STAGES:
         session.notify(f'stage{number}', ['-k', 'browser'])
 
 
-@nox.session
+def flask_option(args, long, short, default):
+    """The value of ``flask run``'s option ``long``/``short`` in ``args``, else ``default``."""
+    for index, arg in enumerate(args):
+        if arg in (long, short) and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith(f'{long}='):
+            return arg.split('=', 1)[1]
+    return default
+
+
+def port_taken(host, port):
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as flask run does
+        try:
+            sock.bind((host, int(port)))
+        except OSError:
+            return True
+    return False
+
+
+@nox.session(allow_parallel=False)
 def serve(session):
-    """Run one stage's app for you: nox -s serve -- 03 (DEV_DATABASE_URL or embedded)."""
-    directory = stage_dir(session, default=max(STAGES))
-    session.install('-r', str(directory / 'requirements.txt'))
-    session.chdir(directory)
-    env = {'FLASK_APP': 'wsgi.py' if (directory / 'wsgi.py').exists() else 'app.py'}
+    """Run a stage's app: -- 03 [flask run options], on the server the tests use."""
+    number = stage_number(session, default=max(STAGES))
+    directory, flask_args = STAGES[number], session.posargs[1:]
+    host = flask_option(flask_args, '--host', '-h', os.environ.get('FLASK_RUN_HOST', '127.0.0.1'))
+    port = flask_option(flask_args, '--port', '-p', os.environ.get('FLASK_RUN_PORT', '5000'))
+    if port_taken(host, port):
+        fail(
+            session,
+            f'port {port} is in use by another program; choose another: '
+            f'{{nox}} -s serve -- {number} --port {int(port) + 1}',
+        )
+    env = {'FLASK_APP': flask_app(directory), 'FLASK_RUN_HOST': host, 'FLASK_RUN_PORT': port}
+    made = None
     if env['FLASK_APP'] == 'wsgi.py':
         env['FLASK_CONFIG'] = 'development'
-        if os.environ.get('DEV_DATABASE_URL'):
-            session.log(
-                f'Using DEV_DATABASE_URL: {postgres.masked(os.environ["DEV_DATABASE_URL"])}'
-            )
+        url = os.environ.get('DEV_DATABASE_URL')
+        if url:
+            session.log(f'Using DEV_DATABASE_URL: {postgres.masked(url)}')
         else:
-            url = postgres.embedded_url()
-            session.log(f'Using {postgres.describe(url)}; set DEV_DATABASE_URL to use yours')
-            env['DEV_DATABASE_URL'] = postgres.create_database(url, 'app_deploy_development')
-        session.run('flask', 'create-tables', env=env)
-    port = os.environ.get('FLASK_RUN_PORT', '5000')
-    session.log(f'Open http://127.0.0.1:{port}/ in your browser; Ctrl-C stops the app.')
-    session.run('flask', 'run', *session.posargs[1:], env=env)
+            server_url = server(session)
+            made = postgres.unique_name(run.database_prefix('serve'))
+            url = postgres.create_database(server_url, made)
+            session.log(f'In a new database, {made}, dropped when serve stops')
+            session.log('(set DEV_DATABASE_URL to serve from a database of yours)')
+        try:
+            postgres.check_can_create_tables(url)
+        except postgres.ServerError as error:
+            fail(session, str(error))
+        env['DEV_DATABASE_URL'] = url
+    try:
+        session.install('-r', str(directory / 'requirements.txt'))
+        session.chdir(directory)
+        if env['FLASK_APP'] == 'wsgi.py':
+            session.run(*setup_command(directory).split(), env=env)
+        session.log(f'Open http://{host}:{port}/ in your browser; Ctrl-C stops the app.')
+        session.run('flask', 'run', *flask_args, env=env)
+    finally:
+        if made:
+            postgres.drop_database(server_url, made)
 
 
 @nox.session(venv_backend='none')
 def diff(session):
-    """Print what changed between two stages: nox -s diff -- 01 02."""
+    """Print what changed between two stages: -- 01 02."""
     if len(session.posargs) != 2 or not set(session.posargs) <= set(STAGES):
-        session.error(f'name two stages: nox -s diff -- 01 02 (stages: {", ".join(STAGES)})')
+        fail(session, f'name two stages: {{nox}} -s diff -- 01 02 (stages: {", ".join(STAGES)})')
     print(stage_diff(STAGES[session.posargs[0]], STAGES[session.posargs[1]]), end='')
 
 
-@nox.session
+@nox.session(allow_parallel=True)
 def lint(session):
     """Check style with ruff: the stages, the tests and the tooling."""
     session.install('ruff==0.17.5')
@@ -156,9 +229,9 @@ def lint(session):
     session.run('ruff', 'format', '--check', *session.posargs)
 
 
-@nox.session
+@nox.session(allow_parallel=True)
 def docs(session):
-    """Build the docs site with mkdocs --strict into site/; test the docs and tooling."""
+    """Build the docs with mkdocs --strict into site/; test the docs and tooling."""
     session.install('-r', 'docs/requirements.txt')
     session.run('mkdocs', 'build', '--strict', *session.posargs, env=DOCS_ENV)
     run_tests(session, 'repo')

@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.reader import Reader
-from tools import postgres
+from tests.reader import Reader, new_database
+from tools import postgres, run
 from tools.stages import STAGES
+
+# SIGTERM and SIGHUP (nox stopped, a terminal closed) stop the tests as Ctrl-C does:
+# the servers they started are stopped and their databases dropped.
+run.stop_on_signals()
 
 
 def pytest_addoption(parser):
@@ -24,7 +28,11 @@ def pytest_addoption(parser):
     )
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
+    # Every run's summary says why a test skipped (as -rs does).
+    if not {'s', 'a', 'A'} & set(config.option.reportchars):
+        config.option.reportchars += 's'
     config.addinivalue_line('markers', "stages(*numbers): the stages (or 'repo') a test is for")
 
 
@@ -67,11 +75,15 @@ def server():
 @pytest.fixture
 def database(server):
     """The URL of a new, empty database, dropped when the test ends."""
-    prefix = os.environ.get('APP_DEPLOY_DATABASE_PREFIX', f'app_deploy_pytest_{os.getpid()}')
-    name = postgres.unique_name(prefix)
-    url = postgres.create_database(server, name)
-    yield url
-    postgres.drop_database(server, name)
+    with new_database(server) as url:
+        yield url
+
+
+@pytest.fixture(scope='module')
+def module_database(server):
+    """The URL of a new, empty database shared by a module's tests, dropped after them."""
+    with new_database(server) as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,4 +1,8 @@
-"""Run a stage the way a reader does: from a copy of its directory, by its README."""
+"""Run a stage the way a reader does: from a copy of its directory, by its README.
+
+Also the helpers the test modules share: README blocks, rows read back from
+PostgreSQL, databases with the run's prefix, waiting for a server.
+"""
 
 import contextlib
 import os
@@ -12,7 +16,13 @@ from pathlib import Path
 
 import requests
 
-from tools import postgres
+from tools import postgres, run
+from tools.stages import setup_command
+
+NAMES = ['Foobar', 'Mark', 'Joanna']  # what the READMEs' walkthroughs type into the form
+# The stages whose app is the names form (a test for them all is marked with these);
+# add a later stage here while it keeps that page.
+FORM_STAGES = ('02', '03', '04', '05')
 
 FENCE = re.compile(r'^(`{3,})(\S*)[^\n]*\n(.*?)^\1$', re.MULTILINE | re.DOTALL)
 
@@ -40,6 +50,45 @@ def stored_names(url):
     return [name for (name,) in rows]
 
 
+def tables(url):
+    """The tables in the public schema of the database at ``url``, sorted."""
+    rows = postgres.execute(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    return sorted(name for (name,) in rows)
+
+
+def database_prefix():
+    """The prefix of every database the tests make: the nox session's, else pytest's own.
+
+    It starts ``app_deploy_nox_<run>``, so whatever a stopped run leaves is dropped
+    at the run's end (noxfile.py) and never mistaken for a reader's database.
+    """
+    return os.environ.get('APP_DEPLOY_DATABASE_PREFIX') or run.database_prefix('pytest')
+
+
+@contextlib.contextmanager
+def new_database(server):
+    """A new, empty database on ``server`` with the tests' prefix, dropped after."""
+    name = postgres.unique_name(database_prefix())
+    url = postgres.create_database(server, name)
+    try:
+        yield url
+    finally:
+        postgres.drop_database(server, name)
+
+
+def wait_for(url, process, seconds=30):
+    """Wait until ``url`` answers over HTTP; return the response (None if ``process`` ended)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return None
+        try:
+            return requests.get(url, timeout=1)
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise AssertionError(f'{url} did not answer in {seconds} s')
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
@@ -64,9 +113,13 @@ class Reader:
         self.env['VIRTUAL_ENV'] = str(self.bin.parent)
 
     def develop_on(self, url):
-        """Set the app up for development on the database at ``url``, tables created."""
+        """Set the app up for development on the database at ``url``, tables made.
+
+        The tables come from ``flask db upgrade`` where the stage has migrations
+        (stage 04 on), else from ``flask create-tables``.
+        """
         self.env.update(FLASK_APP='wsgi.py', FLASK_CONFIG='development', DEV_DATABASE_URL=url)
-        return self.run('flask create-tables')
+        return self.run(setup_command(self.dir))
 
     def export(self, line, **values):
         """Apply an ``export NAME=value`` line, replacing ``<placeholder>`` values."""
@@ -138,16 +191,8 @@ class Site:
         return Path(self._log.name).read_text()
 
     def wait_until_up(self, seconds=30):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f'the server exited:\n{self.log}')
-            try:
-                requests.get(self.url, timeout=1)
-                return
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        raise AssertionError(f'the server did not answer in {seconds} s:\n{self.log}')
+        if wait_for(self.url, self.process, seconds) is None:
+            raise AssertionError(f'the server exited:\n{self.log}')
 
     def get(self, path='/', **kwargs):
         return self.http.get(self.url + path, timeout=30, **kwargs)
@@ -156,10 +201,13 @@ class Site:
         page = self.get().text
         return re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)[1]
 
+    def post(self, **kwargs):
+        """POST to the form's page as given: ``data``, ``headers``..."""
+        return self.http.post(self.url + '/', timeout=30, **kwargs)
+
     def submit(self, name, **kwargs):
         """Fill in the form as a browser does: fetch the page, post with its token."""
-        data = {'csrf_token': self.csrf_token(), 'name': name}
-        return self.http.post(self.url + '/', data=data, timeout=30, **kwargs)
+        return self.post(data={'csrf_token': self.csrf_token(), 'name': name}, **kwargs)
 
     def fresh(self):
         """Another client of the same site, with its own cookies."""

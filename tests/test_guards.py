@@ -1,4 +1,4 @@
-"""How stages 02 and 03 meet the world: bad input, forged posts, load, outages, mistakes."""
+"""How the stages with the form meet the world: bad input, forged posts, load, outages, mistakes."""
 
 import html
 import re
@@ -7,24 +7,21 @@ import threading
 import pytest
 
 from tests.proxy import Proxy
-from tests.reader import Reader, stored_names
-from tools import postgres
+from tests.reader import FORM_STAGES, Reader, stored_names
+from tools.stages import setup_command
 
-pytestmark = pytest.mark.stages('02', '03')
+pytestmark = pytest.mark.stages(*FORM_STAGES)
 
 MAX = 100  # the length of the name column
 
 
 @pytest.fixture(scope='module')
-def served(stage_dir, stage_bin, server, tmp_path_factory):
+def served(stage_dir, stage_bin, module_database, tmp_path_factory):
     """One running copy of the stage and its database, shared by the tests of this module."""
-    name = postgres.unique_name('app_deploy_guards')
-    url = postgres.create_database(server, name)
     reader = Reader(stage_dir, tmp_path_factory.mktemp('guards'), stage_bin)
-    reader.develop_on(url)
+    reader.develop_on(module_database)
     with reader.serve() as site:
-        yield site, url
-    postgres.drop_database(server, name)
+        yield site, module_database
 
 
 VALID = {
@@ -76,7 +73,7 @@ def test_undecodable_bytes_get_a_page(served):
     site, url = served
     body = f'csrf_token={site.csrf_token()}&name=%FF%FEabc'
     headers = {'Content-Type': 'application/x-www-form-urlencoded'}
-    response = site.http.post(site.url + '/', data=body, headers=headers, timeout=30)
+    response = site.post(data=body, headers=headers)
     assert response.status_code == 200
     assert stored_names(url)[-1] == '%FF%FEabc'  # Werkzeug keeps bytes that are not UTF-8 quoted
 
@@ -90,7 +87,7 @@ def test_post_without_a_valid_csrf_token_is_refused(served, token):
         data['csrf_token'] = 'IjEyMzQ1Ig.forged.token'
     elif token == 'another client':
         data['csrf_token'] = site.fresh().csrf_token()
-    response = site.http.post(site.url + '/', data=data, timeout=30)
+    response = site.post(data=data)
     assert response.status_code == 400
     assert 'CSRF' in response.text
     assert stored_names(url) == before
@@ -128,7 +125,7 @@ def test_database_outage_answers_503_then_recovers(reader, database):
         token = site.csrf_token()
         proxy.stop()
         try:
-            pages = [site.http.post(site.url + '/', data={'csrf_token': token, 'name': 'during'})]
+            pages = [site.post(data={'csrf_token': token, 'name': 'during'})]
             if reader.dir.name.startswith('03'):  # stage 03 reads the names for every page
                 pages.append(site.get())
             for page in pages:
@@ -176,8 +173,10 @@ def test_configuration_mistake_ends_with_one_clear_line(reader, env, variable):
     assert_one_clear_line(result, variable)
 
 
-@pytest.mark.parametrize('command', ['flask shell', 'flask create-tables'])
+@pytest.mark.parametrize('command', ['flask shell', 'setup'])
 def test_every_command_stops_on_a_mistake(reader, command):
+    """flask shell, and the stage's setup: flask create-tables, or flask db upgrade."""
+    command = setup_command(reader.dir) if command == 'setup' else command
     env, variable = MISTAKES['production without SECRET_KEY']
     result = reader.run(command, env={'FLASK_APP': 'wsgi.py', **env}, input='', check=False)
     assert_one_clear_line(result, variable)
@@ -186,7 +185,7 @@ def test_every_command_stops_on_a_mistake(reader, command):
 def test_unreachable_database_ends_with_one_clear_line(reader):
     url = f'postgresql://nobody@127.0.0.1:{Proxy("postgresql://x@127.0.0.1:1/x").port}/none'
     result = reader.run(
-        'flask create-tables',
+        setup_command(reader.dir),
         env={'FLASK_APP': 'wsgi.py', 'DEV_DATABASE_URL': url},
         check=False,
     )
@@ -221,5 +220,5 @@ def test_env_file_holds_the_settings_and_is_ignored(reader, database):
     # A reader copies the example to .env and fills it in; flask then needs no exports.
     filled = example.replace(settings['DEV_DATABASE_URL'], database)
     (reader.dir / '.env').write_text(filled)
-    assert 'Created the tables: names.' in reader.run('flask create-tables').stdout
+    reader.run(setup_command(reader.dir))  # made the tables there, as stored_names shows
     assert stored_names(database) == []
