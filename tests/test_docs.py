@@ -1,19 +1,70 @@
-"""The docs show stage code only by including the stage files, and only commands we run."""
+"""The rules of the docs, checked on the Markdown of every page in mkdocs.yml's nav.
 
+Conventions (each one checked below; a new page, such as Part 4, follows them all):
+
+1. Stage code only by inclusion: a fenced block that holds one line,
+   ``--8<-- "NN-stage/path" from "START" to "END"`` (``from``/``to`` optional; see
+   tools/docs_hooks.py), showing at most MAX_SHOWN lines of at most MAX_WIDTH characters.
+   The hook adds the file name, the real line numbers, and highlights on the lines that
+   are new since the previous stage. No stage line is ever pasted.
+2. Commands: ```console blocks, each command after "$ ", anything else is output;
+   ```pycon for Python sessions. A command is one that a stage README has (the stage
+   walkthrough tests run those), or is in RUN_BY with the test file that runs it, or in
+   NOT_RUN with the reason no test can. Where PowerShell differs, content tabs "bash"
+   and "PowerShell" hold twin blocks, the PowerShell one ```ps1con with "PS> " prompts,
+   each line powershell() of its bash twin. Steps that differ by system use tabs
+   "Debian/Ubuntu", "macOS", "Windows" (checked in ADMIN below).
+3. A page opens with its "# Title", a paragraph, then
+   ``!!! abstract "By the end you will have"``; it ends with ``## Recap``, then, if its
+   stage changed code, ``## What changed since the previous stage`` and
+   ``<!-- stage-diff PREVIOUS THIS -->`` (never for an unchanged stage), then the last
+   two lines ``**Next:** [Title](next-page.md)`` and ``{ .next-part }``, linking the next
+   page of the nav (the last page names what comes without a link). Home has only the
+   Next line.
+4. A screenshot is ``![what it shows](screenshots/stageNN.png){ .screenshot }``.
+5. The repository's address is written once, as repo_url in mkdocs.yml; pages write
+   ``{{ repo_url }}``.
+
+The built site (definition lists, collapsed diffs kept out of search, Next links, what
+the copy button copies) is checked in test_docs_site.py; the commands and the
+troubleshooting messages of the PostgreSQL page in test_troubleshooting.py.
+"""
+
+import importlib
+import os
 import re
+import subprocess
+import sys
 
 import pytest
+import yaml
 
-from tests.reader import fenced_blocks, readme_blocks, readme_commands
+from tests.reader import readme_blocks, readme_commands
 from tools.stages import ROOT, STAGES
+
+sys.path.insert(0, str(ROOT / 'tools'))  # the hook imports its neighbours as mkdocs runs it
+import docs_hooks  # noqa: E402
 
 pytestmark = pytest.mark.stages('repo')
 
 DOCS = ROOT / 'docs'
-SNIPPET = re.compile(r'^--8<-- "([^"]+)"$')
+CONFIG = yaml.safe_load((ROOT / 'mkdocs.yml').read_text())
+NAV = [next(iter(item.values())) for item in CONFIG['nav']]  # file names, in reading order
+TITLES = [next(iter(item)) for item in CONFIG['nav']]
+MAX_SHOWN = 30  # lines of one included block
+MAX_WIDTH = 99  # characters of one included line (the stages' ruff line-length)
+PROMPTS = {'console': '$ ', 'ps1con': 'PS> '}
+# A fenced block, also one indented in a content tab or an admonition.
+FENCE = re.compile(
+    r'^(?P<indent> *)(?P<fence>`{3,})(?P<language>\S*)[^\n]*\n(?P<body>.*?)^(?P=indent)(?P=fence)$',
+    re.MULTILINE | re.DOTALL,
+)
 
-# Commands the docs show that no stage README has, and the test that runs each.
+# Commands the docs show that no stage README has, and the test file that runs each.
 RUN_BY = {
+    'git clone {{ repo_url }}': 'test_docs.py',
+    'cd app-deploy': 'test_docs.py',
+    'cd stages/01-hello-world': 'test_docs.py',
     'python3 noxfile.py -s diff -- 01 02': 'test_tooling.py',
     'python3 noxfile.py -s serve -- 03': 'test_tooling.py',
     'mkdir -p -m 700 ~/.ssh': 'test_tooling.py',
@@ -21,20 +72,133 @@ RUN_BY = {
     'cat ~/.ssh/app_deploy.pub': 'test_tooling.py',
     'python3 noxfile.py -s stage03': 'test_tooling.py',
     'python3 noxfile.py': '../.ci/run',
+    'createuser --createdb --pwprompt app_deploy': 'test_troubleshooting.py',
+    'createdb --owner=app_deploy app_deploy_development': 'test_troubleshooting.py',
+    'createdb --owner=app_deploy app_deploy_test': 'test_troubleshooting.py',
+    'export DEV_DATABASE_URL="postgresql://app_deploy:<password>@localhost:5432/'
+    'app_deploy_development"': 'test_troubleshooting.py',
+    'psql "$DEV_DATABASE_URL" -c \'select 1\'': 'test_troubleshooting.py',
+    'flask create-tables': 'test_troubleshooting.py',
 }
 # Commands no test here can run, and why; something else checks what they rely on.
 NOT_RUN = {
     'ssh -i ~/.ssh/app_deploy root@your_server_ip': 'logs in to your own server',
-    'conda env create -f environment.yml': 'needs conda; test_environment_files checks the file',
-    'conda activate app-deploy': 'needs conda',
+    'sudo apt install postgresql': 'installs a system package',
+    'brew install postgresql@18': 'macOS only',
+    'brew services start postgresql@18': 'macOS only',
+}
+# The steps that differ by system: the Windows line names the administrator, and the
+# Debian/Ubuntu line runs the macOS one as the system user postgres.
+ADMIN = {
+    'Debian/Ubuntu': lambda line: 'sudo -u postgres ' + line,
+    'Windows': lambda line: re.sub(r'^(\S+) ', r'\1 --username=postgres ', line),
 }
 
 
+def pages():
+    return [DOCS / name for name in NAV]
+
+
+def fenced_blocks(page):
+    """The fenced blocks of a page, indented ones included: (language, body) pairs."""
+    return fenced_blocks_of(page.read_text())
+
+
 def blocks():
-    """Every fenced block of the docs: (page, language, body)."""
-    for page in sorted(DOCS.glob('*.md')):
+    """Every fenced block of the pages: (page name, language, body)."""
+    for page in pages():
         for language, body in fenced_blocks(page):
             yield page.name, language, body
+
+
+def commands(language, body):
+    """The commands of a session block, without their prompt; output lines are left out."""
+    prompt = PROMPTS[language]
+    return [line[len(prompt) :] for line in body.splitlines() if line.startswith(prompt)]
+
+
+def powershell(line):
+    """The PowerShell twin of a bash command line, by the few rules the pages use."""
+    if line == '. .venv/bin/activate':
+        return r'.venv\Scripts\Activate.ps1'
+    export = re.fullmatch(r'export (\w+)=(?:"(.*)"|(\S*))', line)
+    if export:
+        return f'$env:{export[1]} = "{export[2] if export[2] is not None else export[3]}"'
+    line = re.sub(r'^mkdir -p -m 700 ', 'New-Item -ItemType Directory -Force ', line)
+    line = re.sub(r'^python3 ', 'python ', line)
+    line = line.replace('~/', '$HOME/')
+    return re.sub(r'"\$(\w+)"', r'$env:\1', line)
+
+
+def tab_sets(page):
+    """The content tab sets of a page: one {label: [(language, body), ...]} dict per set."""
+    sets, current, label = [], None, None
+    for line in page.read_text().splitlines():
+        tab = re.fullmatch(r'=== "([^"]+)"', line)
+        if tab:
+            if current is None:
+                current = {}
+                sets.append(current)
+            label = tab[1]
+            current[label] = []
+        elif current is not None and (line.startswith('    ') or not line.strip()):
+            current[label].append(line[4:])
+        else:
+            current = None
+    return [
+        {label: fenced_blocks_of('\n'.join(body) + '\n') for label, body in found.items()}
+        for found in sets
+    ]
+
+
+def fenced_blocks_of(text):
+    return [
+        (match['language'], re.sub(f'^{match["indent"]}', '', match['body'], flags=re.MULTILINE))
+        for match in FENCE.finditer(text)
+    ]
+
+
+def test_the_nav_names_every_page_once():
+    assert sorted(NAV) == sorted(path.name for path in DOCS.glob('*.md'))
+    assert NAV[0] == 'index.md'
+
+
+def test_code_is_included_from_the_stage_files_and_short():
+    included = 0
+    for page, _, body in blocks():
+        if '--8<--' not in body:
+            continue
+        match = docs_hooks.INCLUDE.search(f'```x\n{body}```')
+        assert match, f'{page}: a block that includes a file holds only that line: {body}'
+        path = ROOT / 'stages' / match['path']
+        assert path.is_file(), f'{page}: {match["path"]}'
+        lines = path.read_text().splitlines()
+        first, last = docs_hooks.line_range(lines, match['start'], match['end'])
+        shown = lines[first - 1 : last]
+        assert len(shown) <= MAX_SHOWN, f'{page}: {body.strip()} shows {len(shown)} lines'
+        for line in shown:
+            assert len(line) <= MAX_WIDTH, f'{page}: {match["path"]}: too wide: {line}'
+        included += 1
+    assert included >= 25
+
+
+def test_include_ranges_follow_the_code():
+    lines = ['import x', '', '@decorator(', "    'a',", ')', 'def f():', '    return 1', '', 'y']
+    assert docs_hooks.line_range(lines, 'def f') == (3, 7)
+    assert docs_hooks.line_range(lines, 'import', 'def f') == (1, 6)
+    assert docs_hooks.line_range(lines) == (1, 9)
+    with pytest.raises(ValueError, match='no line contains'):
+        docs_hooks.line_range(lines, 'missing')
+
+
+def test_new_lines_are_those_the_previous_stage_lacked():
+    new = docs_hooks.new_lines('03-tests/app/names.py')
+    lines = (STAGES['03'] / 'app' / 'names.py').read_text().splitlines()
+    assert {lines[n - 1].strip() for n in new} == {
+        'names = db.session.scalars(db.select(Name).order_by(Name.id)).all()',
+        "return render_template('index.html', form=form, names=names)",
+    }
+    assert docs_hooks.new_lines('02-database-config/app/names.py') == set()  # a new file
 
 
 def stage_code_lines():
@@ -47,17 +211,6 @@ def stage_code_lines():
     return {line for line in lines if len(line) >= 12}
 
 
-def test_every_included_file_exists_and_blocks_hold_only_the_include():
-    included = 0
-    for page, _, body in blocks():
-        lines = body.splitlines()
-        if any(SNIPPET.match(line) for line in lines):
-            assert len(lines) == 1, f'{page}: a block that includes a file must hold only that'
-            assert (ROOT / 'stages' / SNIPPET.match(lines[0])[1]).is_file(), f'{page}: {lines}'
-            included += 1
-    assert included >= 20
-
-
 def test_no_stage_code_is_pasted():
     code = stage_code_lines()
     for page, language, body in blocks():
@@ -67,27 +220,146 @@ def test_no_stage_code_is_pasted():
 
 def test_every_command_is_one_a_test_runs():
     readme = {line for stage in STAGES.values() for line in readme_commands(stage)}
-    readme_bodies = {
-        language: {body for stage in STAGES.values() for body in readme_blocks(stage, language)}
-        for language in ('sql', 'python')
-    }
+    sessions = {body for stage in STAGES.values() for body in readme_blocks(stage, 'python')}
+    known = readme | RUN_BY.keys() | NOT_RUN.keys()
+    seen = set()
     for page, language, body in blocks():
         if language == 'console':
-            for command in body.splitlines():
-                assert command in readme | RUN_BY.keys() | NOT_RUN.keys(), f'{page}: {command}'
-        elif language in ('sql', 'python') and not SNIPPET.match(body.strip()):
-            assert body in readme_bodies[language], f'{page}: a {language} session no test runs'
+            assert body.startswith('$ '), f'{page}: a console block starts with a command'
+            for command in commands(language, body):
+                # The Debian/Ubuntu twin of a macOS step (see ADMIN) is run in its place.
+                command = command.removeprefix('sudo -u postgres ')
+                assert command in known, f'{page}: no test runs {command}'
+                seen.add(command)
+        elif language == 'pycon':
+            assert body in sessions, f'{page}: a Python session no test runs'
+        elif '--8<--' not in body:  # not an included file: a PowerShell session or a pattern
+            assert language in ('ps1con', 'text'), f'{page}: a {language} block'
+    assert seen >= RUN_BY.keys() - {'python3 noxfile.py'} | NOT_RUN.keys()
 
 
 def test_commands_outside_the_readmes_are_in_their_tests():
-    tests = ROOT / 'tests'
+    """Each command is written in the test that runs it, or in that test module's RUNS."""
     for command, where in RUN_BY.items():
-        source = (tests / where).read_text()
-        assert command in source, f'{where} does not run {command}'
+        path = ROOT / 'tests' / where
+        runs = []
+        if path.suffix == '.py':
+            runs = getattr(importlib.import_module(f'tests.{path.stem}'), 'RUNS', [])
+        assert command in path.read_text() or command in runs, f'{where} runs {command}'
 
 
-def test_every_part_page_ends_with_a_generated_diff():
-    for page in ('part-1-server.md', 'part-2-database-config.md', 'part-3-tests.md'):
-        tail = (DOCS / page).read_text().split('## What changed since the previous stage')
-        assert len(tail) == 2, page
-        assert re.fullmatch(r'\n\n<!-- stage-diff \S+ \S+ -->\n', tail[1]), page
+def test_powershell_lines_are_the_translations_of_their_bash_twins():
+    twins = 0
+    for page in pages():
+        powershell_blocks = [
+            body for language, body in fenced_blocks(page) if language == 'ps1con'
+        ]
+        paired = []
+        for tabs in tab_sets(page):
+            if 'PowerShell' in tabs:
+                assert set(tabs) == {'bash', 'PowerShell'}, f'{page.name}: {set(tabs)}'
+                ((_, bash),), ((_, ps),) = tabs['bash'], tabs['PowerShell']
+                assert [powershell(line) for line in commands('console', bash)] == commands(
+                    'ps1con', ps
+                ), page.name
+                outputs = [
+                    [line for line in body.splitlines() if not line.startswith(p)]
+                    for body, p in ((bash, '$ '), (ps, 'PS> '))
+                ]
+                assert outputs[0] == outputs[1], f'{page.name}: the twins print the same'
+                paired.append(ps)
+                twins += 1
+            windows = [body for language, body in tabs.get('Windows', []) if language == 'ps1con']
+            if windows:  # a step as the administrator (installing has no Windows command)
+                assert set(tabs) == {'Debian/Ubuntu', 'macOS', 'Windows'}, page.name
+                mac = [line for _, body in tabs['macOS'] for line in commands('console', body)]
+                debian = [
+                    line for _, body in tabs['Debian/Ubuntu'] for line in commands('console', body)
+                ]
+                win = [line for body in windows for line in commands('ps1con', body)]
+                assert debian == [ADMIN['Debian/Ubuntu'](line) for line in mac], page.name
+                assert win == [ADMIN['Windows'](line) for line in mac], page.name
+                paired += windows
+        assert sorted(paired) == sorted(powershell_blocks), f'{page.name}: a lone PowerShell block'
+    assert twins >= 8
+
+
+def test_powershell_rules():
+    assert powershell('export FLASK_APP=app.py') == '$env:FLASK_APP = "app.py"'
+    assert powershell('psql "$DEV_DATABASE_URL" -c \'select 1\'') == (
+        "psql $env:DEV_DATABASE_URL -c 'select 1'"
+    )
+    assert powershell('python3 -m venv .venv') == 'python -m venv .venv'
+    assert powershell('flask run') == 'flask run'
+
+
+def test_every_page_opens_and_ends_the_same_way():
+    for number, page in enumerate(pages()):
+        text = page.read_text()
+        lines = text.rstrip('\n').splitlines()
+        assert lines[0] == f'# {TITLES[number]}' or number == 0, f'{page.name}: its title'
+        assert lines[-1] == '{ .next-part }', f'{page.name} ends with its Next line'
+        nxt = lines[-2]
+        if number + 1 < len(NAV):
+            assert nxt == f'**Next:** [{TITLES[number + 1]}]({NAV[number + 1]})', page.name
+        else:
+            assert nxt.startswith('**Next:** ') and '](' not in nxt, page.name
+        if page.name == 'index.md':
+            continue
+        opening = text.split('\n## ')[0]
+        assert '\n!!! abstract "By the end you will have"\n' in opening, page.name
+        ending = text.split('\n## Recap\n')
+        assert len(ending) == 2, f'{page.name} has one Recap'
+        assert not re.search(r'^## (?!What changed since the previous stage)', ending[1], re.M)
+
+
+def test_a_diff_ends_each_part_that_changed_code():
+    order = [stage.name for stage in STAGES.values()]
+    for page in pages():
+        markers = docs_hooks.DIFF_MARKER.findall(page.read_text())
+        for old, new in markers:
+            assert order.index(new) == order.index(old) + 1, f'{page.name}: {old} {new}'
+            ending = f'## What changed since the previous stage\n\n<!-- stage-diff {old} {new} -->'
+            assert f'\n{ending}\n\n**Next:**' in page.read_text(), page.name
+        assert len(markers) <= 1, page.name
+
+
+def test_screenshots_are_framed_and_exist():
+    for page in pages():
+        for path, after in re.findall(r'!\[[^\]]+\]\(([^)]+)\)(.*)', page.read_text()):
+            assert (DOCS / path).is_file(), f'{page.name}: {path}'
+            assert after == '{ .screenshot }', f'{page.name}: {path} is framed'
+
+
+def test_repository_address_is_written_once():
+    url = CONFIG['repo_url']
+    found = subprocess.run(
+        ['git', 'grep', '-l', '-F', url], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
+    assert found == ['mkdocs.yml'], found
+    assert (ROOT / 'mkdocs.yml').read_text().count(url) == 1
+
+
+def test_clone_command_clones_the_repository(tmp_path):
+    """The page's clone lines, run with git told to fetch repo_url from this repository."""
+    getting_started = (DOCS / 'getting-started.md').read_text()
+    clone = docs_hooks.on_page_markdown(getting_started, None, CONFIG, None)
+    lines = [line for _, body in fenced_blocks_of(clone) for line in commands('console', body)]
+    assert lines[:3] == [
+        f'git clone {CONFIG["repo_url"]}',
+        'cd app-deploy',
+        'cd stages/01-hello-world',
+    ]
+    assert 'git clone {{ repo_url }}' in getting_started
+    env = {
+        **os.environ,
+        'GIT_CONFIG_COUNT': '1',
+        'GIT_CONFIG_KEY_0': f'url.{ROOT}.insteadOf',
+        'GIT_CONFIG_VALUE_0': CONFIG['repo_url'],
+    }
+    subprocess.run(lines[0].split(), cwd=tmp_path, env=env, check=True, capture_output=True)
+    for line in lines[1:3]:
+        assert line.startswith('cd ')
+        tmp_path = tmp_path / line[3:]
+        assert tmp_path.is_dir(), line
+    assert (tmp_path / 'app.py').is_file()
