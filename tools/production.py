@@ -1,0 +1,297 @@
+"""Run a stage as production does, on loopback: gunicorn behind nginx over HTTPS.
+
+    with production.serve(stage_dir, bin_dir, database_url) as site:
+        requests.get(site.https_url, verify=site.certificate)
+
+gunicorn runs with the stage's ``gunicorn.conf.py`` on a Unix socket, and nginx with
+the stage's ``deploy/nginx.conf``, filled in for this machine: free loopback ports, a
+throwaway self-signed certificate, paths in a temporary folder. Both are stopped by
+PID, and the folder removed, when the block ends, also on Ctrl-C, SIGTERM or failure.
+nginx comes from the system (``apt-get install nginx``).
+"""
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+# What the loopback run changes in the production site file, and how often each
+# is expected there: a changed file fails loudly here instead of half-rendered.
+HTTP_LISTEN = re.compile(r'^(\s*listen )80\b', re.MULTILINE)
+HTTPS_LISTEN = re.compile(r'^(\s*listen )443\b', re.MULTILINE)
+IPV6_LISTEN = re.compile(r'^\s*listen \[::\]:.*\n', re.MULTILINE)
+REDIRECT = 'return 308 https://$host$request_uri;'
+SOCKET = 'unix:/run/app-deploy/gunicorn.sock'
+CERTIFICATE = '/etc/letsencrypt/live/example.com/fullchain.pem'
+KEY = '/etc/letsencrypt/live/example.com/privkey.pem'
+SERVER_NAME = 'server_name example.com;'
+
+MAIN_CONFIG = """\
+daemon off;
+worker_processes auto;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    include {dir}/site.conf;
+}}
+"""
+
+
+class NginxMissing(RuntimeError):
+    """nginx is not installed."""
+
+
+class StartError(RuntimeError):
+    """gunicorn or nginx did not start; the message holds its log."""
+
+
+@dataclass
+class Site:
+    """The running servers, as a client and a test see them."""
+
+    https_url: str
+    http_url: str
+    certificate: Path  # the self-signed certificate, for ``verify=``
+    gunicorn_pid: int
+    nginx_pid: int
+    dir: Path
+
+    def worker_pids(self):
+        """The PIDs of gunicorn's workers now: the master's children."""
+        return children(self.gunicorn_pid)
+
+    def gunicorn_log(self):
+        return (self.dir / 'gunicorn.log').read_text()
+
+    def nginx_log(self):
+        return (self.dir / 'error.log').read_text()
+
+
+def nginx_binary():
+    """The path of nginx, or NginxMissing saying how to install it."""
+    found = shutil.which('nginx') or shutil.which('nginx', path='/usr/sbin:/usr/local/sbin')
+    if not found:
+        raise NginxMissing(
+            'nginx is not installed; on Debian or Ubuntu: '
+            'sudo apt-get install -y --no-install-recommends nginx'
+        )
+    return found
+
+
+def children(pid):
+    """The PIDs of the processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        with contextlib.suppress(OSError):
+            # The second field, the command, is in parentheses and may hold spaces.
+            fields = stat.read_text().rpartition(')')[2].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def substitute(text, old, new, count=1):
+    """``text`` with ``old`` (a string or a compiled pattern) replaced ``count`` times."""
+    if isinstance(old, str):
+        found, text = text.count(old), text.replace(old, new)
+    else:
+        text, found = old.subn(new, text)
+    if found != count:
+        raise ValueError(f'expected {count} of {getattr(old, "pattern", old)!r}, found {found}')
+    return text
+
+
+def render_site(site_file, *, http_port, https_port, socket_path, certificate, key):
+    """The production site file, filled in for a loopback run."""
+    text = Path(site_file).read_text()
+    text = substitute(text, IPV6_LISTEN, '', count=4)
+    text = substitute(text, HTTP_LISTEN, rf'\g<1>127.0.0.1:{http_port}', count=2)
+    text = substitute(text, HTTPS_LISTEN, rf'\g<1>127.0.0.1:{https_port}', count=2)
+    text = substitute(text, REDIRECT, REDIRECT.replace('$host', f'$host:{https_port}'))
+    text = substitute(text, SOCKET, f'unix:{socket_path}')
+    text = substitute(text, CERTIFICATE, str(certificate), count=2)
+    text = substitute(text, KEY, str(key), count=2)
+    return substitute(text, SERVER_NAME, 'server_name 127.0.0.1;', count=2)
+
+
+def make_certificate(directory):
+    """A throwaway self-signed certificate for 127.0.0.1; return (certificate, key)."""
+    certificate, key = directory / 'cert.pem', directory / 'key.pem'
+    subprocess.run(
+        ['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1']
+        + ['-nodes', '-days', '2', '-subj', '/CN=127.0.0.1']
+        + ['-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', key, '-out', certificate],
+        check=True,
+        capture_output=True,
+    )
+    return certificate, key
+
+
+def start(command, log, **kwargs):
+    """Start ``command`` in a process group of its own, its output to the file ``log``."""
+    with open(log, 'ab') as output:
+        return subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
+        )
+
+
+def stop(process, signum, seconds=15):
+    """Send ``signum`` to ``process``; after ``seconds``, kill its process group."""
+    if process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(seconds)
+        except subprocess.TimeoutExpired:
+            pass
+    # Its group is the session it was started in: the workers of gunicorn or nginx.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def wait_until(ready, process, log, what, seconds=30):
+    """Poll ``ready()`` until true; fail with the log if ``process`` exits or time runs out."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StartError(f'{what} exited with {process.returncode}:\n{log.read_text()}')
+        if ready():
+            return
+        time.sleep(0.1)
+    raise StartError(f'{what} did not answer in {seconds} s:\n{log.read_text()}')
+
+
+def socket_answers(path):
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
+def url_answers(url, certificate):
+    with requests.Session() as http:
+        http.trust_env = False  # loopback: no proxy or CA bundle from the environment
+        try:
+            http.get(url, verify=str(certificate), timeout=2)
+        except requests.exceptions.SSLError:
+            raise
+        except requests.ConnectionError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def exit_on_sigterm():
+    """Make SIGTERM raise SystemExit, as Ctrl-C raises KeyboardInterrupt, so that the
+    ``finally`` blocks stop the servers. Only where SIGTERM still has its default."""
+    in_main = threading.current_thread() is threading.main_thread()
+    if not in_main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def serve(stage_dir, bin_dir, database_url, env=None):
+    """Serve the stage in ``stage_dir`` with gunicorn from ``bin_dir`` behind nginx.
+
+    The app runs with ``FLASK_CONFIG=production``, a random ``SECRET_KEY`` and
+    ``database_url``; ``env`` adds to or overrides the environment. Yields a `Site`.
+    """
+    stage_dir, bin_dir = Path(stage_dir), Path(bin_dir)
+    nginx = nginx_binary()
+    with exit_on_sigterm(), contextlib.ExitStack() as cleanup:
+        directory = Path(tempfile.mkdtemp(prefix='app-deploy-production-'))
+        cleanup.callback(shutil.rmtree, directory, ignore_errors=True)
+        directory.chmod(0o755)  # nginx's workers run as nobody when nginx starts as root
+        socket_path = directory / 'gunicorn.sock'
+        certificate, key = make_certificate(directory)
+
+        gunicorn_env = {
+            **os.environ,
+            'PATH': f'{bin_dir}{os.pathsep}{os.environ.get("PATH", "")}',
+            'FLASK_CONFIG': 'production',
+            'SECRET_KEY': secrets.token_hex(32),
+            'PRODUCTION_DATABASE_URL': database_url,
+            'GUNICORN_BIND': f'unix:{socket_path}',
+            **(env or {}),
+        }
+        gunicorn_log = directory / 'gunicorn.log'
+        gunicorn = start(
+            [bin_dir / 'gunicorn', '--config', 'gunicorn.conf.py', 'wsgi:app'],
+            gunicorn_log,
+            cwd=stage_dir,
+            env=gunicorn_env,
+        )
+        cleanup.callback(stop, gunicorn, signal.SIGTERM)  # TERM: graceful shutdown
+        wait_until(lambda: socket_answers(socket_path), gunicorn, gunicorn_log, 'gunicorn')
+
+        http_port, https_port = free_port(), free_port()
+        site = render_site(
+            stage_dir / 'deploy' / 'nginx.conf',
+            http_port=http_port,
+            https_port=https_port,
+            socket_path=socket_path,
+            certificate=certificate,
+            key=key,
+        )
+        (directory / 'site.conf').write_text(site)
+        (directory / 'nginx.conf').write_text(MAIN_CONFIG.format(dir=directory))
+        nginx_log = directory / 'error.log'
+        nginx_process = start(
+            [nginx, '-c', directory / 'nginx.conf', '-p', directory, '-e', nginx_log],
+            directory / 'nginx.log',
+        )
+        cleanup.callback(stop, nginx_process, signal.SIGQUIT)  # QUIT: graceful shutdown
+        https_url = f'https://127.0.0.1:{https_port}'
+        try:
+            wait_until(
+                lambda: url_answers(https_url, certificate), nginx_process, nginx_log, 'nginx'
+            )
+        except StartError as error:
+            raise StartError(f'{error}\n{(directory / "nginx.log").read_text()}') from None
+
+        yield Site(
+            https_url=https_url,
+            http_url=f'http://127.0.0.1:{http_port}',
+            certificate=certificate,
+            gunicorn_pid=gunicorn.pid,
+            nginx_pid=nginx_process.pid,
+            dir=directory,
+        )
