@@ -161,6 +161,15 @@ def drop_database(url, name):
     execute(url, _on(name, 'DROP DATABASE IF EXISTS {} WITH (FORCE)'))
 
 
+def create_role(url, name):
+    """Create the role ``name``, which may log in and nothing more."""
+    execute(url, _on(name, 'CREATE ROLE {} LOGIN'))
+
+
+def drop_role(url, name):
+    execute(url, _on(name, 'DROP ROLE IF EXISTS {}'))
+
+
 def drop_databases(url, prefix):
     """Drop every database whose name starts with ``prefix_``; return their names."""
     rows = execute(url, 'SELECT datname FROM pg_database')
