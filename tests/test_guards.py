@@ -169,7 +169,9 @@ def assert_one_clear_line(result, variable):
 
 @pytest.mark.parametrize('env, variable', MISTAKES.values(), ids=MISTAKES.keys())
 def test_configuration_mistake_ends_with_one_clear_line(reader, env, variable):
-    result = reader.run('flask run', env={'FLASK_APP': 'wsgi.py', **env}, check=False)
+    result = reader.run(
+        'flask run', env={'FLASK_APP': 'wsgi.py', **env}, check=False, preload=True
+    )
     assert_one_clear_line(result, variable)
 
 
@@ -178,7 +180,9 @@ def test_every_command_stops_on_a_mistake(reader, command):
     """flask shell, and the stage's setup: flask create-tables, or flask db upgrade."""
     command = setup_command(reader.dir) if command == 'setup' else command
     env, variable = MISTAKES['production without SECRET_KEY']
-    result = reader.run(command, env={'FLASK_APP': 'wsgi.py', **env}, input='', check=False)
+    result = reader.run(
+        command, env={'FLASK_APP': 'wsgi.py', **env}, input='', check=False, preload=True
+    )
     assert_one_clear_line(result, variable)
 
 
@@ -188,6 +192,7 @@ def test_unreachable_database_ends_with_one_clear_line(reader):
         setup_command(reader.dir),
         env={'FLASK_APP': 'wsgi.py', 'DEV_DATABASE_URL': url},
         check=False,
+        preload=True,
     )
     assert result.returncode != 0
     assert result.stderr.startswith('Error: cannot reach the database:')
@@ -202,7 +207,7 @@ def test_debug_is_off_outside_development(reader, name, database):
         'SECRET_KEY': 'from-the-environment',
         f'{name.upper()}_DATABASE_URL': database,
     }
-    result = reader.run('flask shell', env=env, input='print("debug", app.debug)\n')
+    result = reader.run('flask shell', env=env, input='print("debug", app.debug)\n', preload=True)
     assert 'debug False' in result.stdout
 
 
@@ -220,5 +225,5 @@ def test_env_file_holds_the_settings_and_is_ignored(reader, database):
     # A reader copies the example to .env and fills it in; flask then needs no exports.
     filled = example.replace(settings['DEV_DATABASE_URL'], database)
     (reader.dir / '.env').write_text(filled)
-    reader.run(setup_command(reader.dir))  # made the tables there, as stored_names shows
+    reader.run(setup_command(reader.dir), preload=True)  # the tables, as stored_names shows
     assert stored_names(database) == []
