@@ -1,11 +1,11 @@
-"""Stage 03's own test suite, run as its README says, in a copy of the stage."""
+"""The stage's own test suite (stage 03 on), run as its README says, in a copy of the stage."""
 
 import pytest
 
 from tests.reader import readme_commands
 from tools import postgres
 
-pytestmark = pytest.mark.stages('03')
+pytestmark = pytest.mark.stages('03', '04')
 
 
 def test_own_suite_passes_and_leaves_the_database_empty(reader, database):
