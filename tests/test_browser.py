@@ -3,15 +3,23 @@
 Chromium comes from the system (Debian's ``chromium`` package), never from
 ``playwright install``. Where it is missing the tests skip, saying how to install it;
 CI sets APP_DEPLOY_NO_SKIP, which turns such a skip into a failure.
+
+One Chromium serves every stage of a nox run: the first test to need it starts it
+in the run's folder (tools/run.py), the others connect to it over the DevTools
+protocol, and the run stops it, by PID, when it ends.
 """
 
+import fcntl
 import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.reader import FORM_STAGES, NAMES, stored_names
+from tools import run
 
 CHROMIUM = os.environ.get('APP_DEPLOY_CHROMIUM') or shutil.which('chromium') or '/usr/bin/chromium'
 # Flags a headless Chromium needs as root, and to keep it off the network but for the app.
@@ -23,10 +31,13 @@ FLAGS = [
     '--disable-background-networking',
     '--disable-component-update',
     '--disable-sync',
+    '--headless',
+    '--remote-debugging-address=127.0.0.1',
+    '--remote-debugging-port=0',  # any free port; Chromium writes it into DevToolsActivePort
 ]
 # The screenshots are framed in the docs at about 720 px wide: a small window, drawn
 # at twice the pixels, reads well there and sharp on any screen.
-VIEWPORT = {'width': 720, 'height': 450}
+VIEWPORT = {'width': 720, 'height': 360}
 
 
 @pytest.fixture(scope='module')
@@ -39,17 +50,42 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = playwright.chromium.connect_over_cdp(run_chromium())
         yield browser
-        browser.close()
+        browser.close()  # our connection; the run stops Chromium
+
+
+def run_chromium():
+    """The DevTools URL of the run's Chromium, started here if it is not running yet."""
+    folder = run.folder()
+    profile, pidfile = folder / 'chromium', folder / 'chromium.pid'
+    with open(folder / 'chromium.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one starts it; the others wait, then connect
+        if not (pidfile.exists() and run.alive(int(pidfile.read_text()))):
+            (profile / 'DevToolsActivePort').unlink(missing_ok=True)
+            chromium = subprocess.Popen(
+                [CHROMIUM, *FLAGS, f'--user-data-dir={profile}', 'about:blank'],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # it outlives these tests, to serve the next stage
+            )
+            pidfile.write_text(str(chromium.pid))
+        port = profile / 'DevToolsActivePort'
+        for _ in range(300):
+            if port.exists() and port.read_text().strip():
+                return f'http://127.0.0.1:{port.read_text().split()[0]}'
+            time.sleep(0.05)
+    raise AssertionError(f'{CHROMIUM} did not start')
 
 
 @pytest.fixture
 def page(browser):
-    page = browser.new_page(viewport=VIEWPORT, device_scale_factor=2)
+    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=2)
+    page = context.new_page()
     page.set_default_timeout(5000)
     yield page
-    page.close()
+    context.close()
 
 
 @pytest.fixture
