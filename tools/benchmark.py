@@ -1,20 +1,22 @@
-"""Time ``nox -s stage01 stage02 stage03`` with uv and with virtualenv + pip.
+"""Time what a reader waits for, against the targets of issue 10, side by side in one run.
 
-Run from the repository root: ``python3 tools/benchmark.py``. For each backend, in an
-environment folder of its own under a temporary directory (``.nox/`` is left alone):
+Run from the repository root: ``python3 tools/benchmark.py``. It clones the committed
+repository twice into a temporary folder (``.nox/`` here is left alone) and measures,
+with the package caches (uv's, pip's) as they are, as on a reader's machine after
+the first day, and the embedded PostgreSQL:
 
-- install only, cold: ``--install-only`` with no environments yet, which is the part
-  the backend decides;
-- cold: the whole run, environments made anew;
-- warm: the whole run again with ``-r``, reusing the environments.
+- ``serve -- 03`` in a fresh clone, until its page first answers HTTP 200;
+- the first ``python3 noxfile.py`` in a fresh clone (bootstrap, every session);
+- warm runs (``-r``) of stage 01 alone, 01 and 02, and 01 to 03: the last is the
+  three-stage target, and the steps between them what each further stage adds.
 
-Package caches (uv's and pip's) are left as they are, as on a reader's machine after
-the first day. Prints a Markdown table, and how many embedded PostgreSQL servers each
-whole run started.
+Prints a Markdown table, with the CPU seconds each took (user + system, all processes).
 """
 
 import os
-import shutil
+import resource
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,46 +24,81 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SESSIONS = ['stage01', 'stage02', 'stage03']
+# The variables of a run we may be inside, and the reader's server: a reader's first
+# run has none of them.
+DROPPED = ('APP_DEPLOY_NOX_RUN', 'APP_DEPLOY_NOX_COMMAND', 'APP_DEPLOY_POSTGRES_URL')
+ENV = {key: value for key, value in os.environ.items() if key not in DROPPED}
 
 
-def run(backend, envdir, *options):
-    """Run the stage sessions; return the seconds taken and the servers started."""
-    env = {k: v for k, v in os.environ.items() if k != 'APP_DEPLOY_POSTGRES_URL'}
-    command = [sys.executable, 'noxfile.py', '--envdir', envdir, '--force-venv-backend']
-    start = time.perf_counter()
-    result = subprocess.run(
-        [*command, backend, *options, '-s', *SESSIONS],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    seconds = time.perf_counter() - start
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def clone(folder, name):
+    path = Path(folder) / name
+    subprocess.run(['git', 'clone', '--quiet', ROOT, path], check=True)
+    return path
+
+
+def timed(args, cwd):
+    """Run ``args`` in ``cwd``; return (seconds, CPU seconds); stop the benchmark on failure."""
+    start, start_cpu = time.perf_counter(), cpu()
+    result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
     if result.returncode != 0:
-        sys.exit(f'{backend} run failed:\n{result.stdout}\n{result.stderr}')
-    return seconds, result.stderr.count('Started an embedded PostgreSQL server')
+        sys.exit(f'{" ".join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}')
+    return time.perf_counter() - start, cpu() - start_cpu
+
+
+def serve_until_answered(cwd):
+    """Seconds from ``python3 noxfile.py -s serve -- 03`` to its first HTTP 200."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    command = ['python3', 'noxfile.py', '-s', 'serve', '--', '03', '--port', str(port)]
+    start, start_cpu = time.perf_counter(), cpu()
+    server = subprocess.Popen(
+        command, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        while server.poll() is None:
+            try:
+                with socket.create_connection(('127.0.0.1', port), timeout=1) as http:
+                    http.sendall(b'GET / HTTP/1.0\r\n\r\n')
+                    if b' 200 ' in http.recv(100):
+                        return time.perf_counter() - start, cpu() - start_cpu
+            except OSError:
+                time.sleep(0.05)
+        sys.exit(f'serve exited {server.returncode}')
+    finally:
+        os.killpg(server.pid, signal.SIGINT)  # Ctrl-C
+        server.wait(60)
 
 
 def main():
-    rows = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for backend in ('uv', 'virtualenv'):
-            envdir = os.path.join(tmp, backend)
-            install, _ = run(backend, envdir, '--install-only')
-            shutil.rmtree(envdir)
-            cold, cold_starts = run(backend, envdir)
-            warm, warm_starts = run(backend, envdir, '-r')
-            rows[backend] = (install, cold, warm, f'{cold_starts}, {warm_starts}')
-    print('| backend | install only, cold | cold | warm (-r) | servers started (cold, warm) |')
+    rows = []
+    with tempfile.TemporaryDirectory(prefix='app-deploy-benchmark-') as folder:
+        seconds, used = serve_until_answered(clone(folder, 'serve'))
+        rows.append(('`serve -- 03`, fresh clone, to the first HTTP 200', 10, seconds, used))
+        fresh = clone(folder, 'fresh')
+        seconds, used = timed(['python3', 'noxfile.py'], fresh)
+        rows.append(('first `python3 noxfile.py`, fresh clone', 40, seconds, used))
+        warm = {}
+        for count in (1, 2, 3):
+            sessions = [f'stage{number:02}' for number in range(1, count + 1)]
+            warm[count] = timed(['python3', 'noxfile.py', '-r', '-s', *sessions], fresh)
+        for count in (2, 3):
+            seconds = warm[count][0] - warm[count - 1][0]
+            used = warm[count][1] - warm[count - 1][1]
+            rows.append((f'stage {count:02} added to a warm run', 6, seconds, used))
+        rows.append(('warm `-s stage01 stage02 stage03`', 15, *warm[3]))
+    print('| what | target | took | CPU | met |')
     print('| --- | ---: | ---: | ---: | --- |')
-    for backend, (install, cold, warm, starts) in rows.items():
-        print(f'| {backend} | {install:.1f} s | {cold:.1f} s | {warm:.1f} s | {starts} |')
-    uv, pip = rows['uv'], rows['virtualenv']
-    print(
-        f'\nvirtualenv + pip takes {pip[0] / uv[0]:.1f}x as long as uv to install, '
-        f'{pip[1] / uv[1]:.1f}x for a cold run, {pip[2] / uv[2]:.1f}x for a warm one.'
-    )
+    for what, target, seconds, used in rows:
+        met = 'yes' if seconds <= target else f'no, by {seconds - target:.1f} s'
+        print(f'| {what} | ≤ {target} s | {seconds:.1f} s | {used:.1f} s | {met} |')
+    print(f'\n{os.cpu_count()} cores; load average at the end: {os.getloadavg()[0]:.1f}')
 
 
 if __name__ == '__main__':
