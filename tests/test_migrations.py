@@ -58,7 +58,7 @@ def test_stage_03_database_is_adopted_as_the_readme_says(reader, stage_03_databa
     (block,) = [body for body in readme_blocks(reader.dir, 'console') if 'db stamp' in body]
     lines = block.splitlines()
     assert lines == [
-        'pg_dump "$DEV_DATABASE_URL" > before-migrations.sql',
+        'pg_dump --file=before-migrations.sql "$DEV_DATABASE_URL"',
         f'flask db stamp {FIRST}',
         'flask db upgrade',
         'flask db check',
