@@ -14,11 +14,10 @@ import shutil
 import subprocess
 import threading
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
-from tests.test_browser import CHROMIUM, FLAGS
+from tests.test_browser import browser  # noqa: F401 (a fixture: the run's one Chromium)
 from tests.test_docs import CONFIG, DOCS, NAV
 from tools.stages import ROOT
 
@@ -151,20 +150,6 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope='module')
-def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(
-            f'no Chromium at {CHROMIUM}: install it (Debian/Ubuntu: apt-get install chromium)'
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield browser
-        browser.close()
-
-
 # The session blocks of the page that are visible now and not yet copied, marked as
 # pending: for each, the commands it shows (the lines after a prompt) and its output.
 VISIBLE_SESSIONS = """
@@ -181,7 +166,7 @@ selectors => [...document.querySelectorAll(selectors)]
 """
 
 
-def test_the_copy_button_copies_the_commands_alone(site, served, browser):
+def test_the_copy_button_copies_the_commands_alone(site, served, browser):  # noqa: F811
     """Click every session block's copy button, in every tab; read the clipboard."""
     context = browser.new_context(permissions=['clipboard-read', 'clipboard-write'])
     page = context.new_page()
