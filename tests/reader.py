@@ -6,6 +6,7 @@ PostgreSQL, databases with the run's prefix, waiting for a server.
 
 import atexit
 import contextlib
+import html
 import json
 import os
 import re
@@ -51,6 +52,19 @@ def stored_names(url):
     """The names in the stage's table at ``url``, in the order they were stored."""
     rows = postgres.execute(url, 'SELECT name FROM names ORDER BY id')
     return [name for (name,) in rows]
+
+
+def listed_names(page):
+    """The names the page lists, as the reader reads them, in the page's order.
+
+    Stage 03 lists each name alone; stage 04 adds when it was added ("Mark, added
+    <time>...</time>"), which is left out here.
+    """
+    items = re.findall(r'<li>(.*?)</li>', page, re.S)
+    return [
+        html.unescape(re.sub(r', added <time[^>]*>.*?</time>$', '', item, flags=re.S))
+        for item in items
+    ]
 
 
 def tables(url):
@@ -136,6 +150,7 @@ class Preloaded:
     def stop(self):
         self.process.terminate()
         self.process.wait()
+        self.socket.unlink(missing_ok=True)
 
 
 PRELOADED = {}  # bin directory -> its Preloaded server
