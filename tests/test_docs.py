@@ -25,8 +25,9 @@ Conventions (each one checked below; a new page, such as Part 4, follows them al
 5. The repository's address is written once, as repo_url in mkdocs.yml; pages write
    ``{{ repo_url }}``.
 
-The built site (definition lists, collapsed diffs kept out of search, Next links, what
-the copy button copies) is checked in test_docs_site.py; the commands and the
+The built site (definition lists, collapsed diffs kept out of search, Next links, framed
+screenshots, what the copy button copies, code that fits a 1280 px window) is checked in
+test_docs_site.py; the commands and the
 troubleshooting messages of the PostgreSQL page in test_troubleshooting.py.
 """
 

@@ -199,3 +199,24 @@ def test_the_copy_button_copies_the_commands_alone(site, served, browser):  # no
     finally:
         context.close()
     assert copied >= 30
+
+
+# The code blocks of the page whose lines are wider than the block: the first line of each.
+TOO_WIDE = """
+() => [...document.querySelectorAll('.md-typeset pre > code')]
+  .filter(code => code.scrollWidth > code.clientWidth + 1)
+  .map(code => code.textContent.split('\\n')[0])
+"""
+
+
+def test_code_fits_a_1280_px_window(served, browser):  # noqa: F811
+    """On a laptop-sized window no code block scrolls sideways (on a phone they must)."""
+    context = browser.new_context(viewport={'width': 1280, 'height': 900})
+    page = context.new_page()
+    try:
+        for name in NAV:
+            path = '' if name == 'index.md' else f'{name.removesuffix(".md")}/'
+            page.goto(f'{served}/{path}')
+            assert page.evaluate(TOO_WIDE) == [], name
+    finally:
+        context.close()
