@@ -14,13 +14,14 @@ Conventions (each one checked below; a new page, such as Part 4, follows them al
    and "PowerShell" hold twin blocks, the PowerShell one ```ps1con with "PS> " prompts,
    each line powershell() of its bash twin. Steps that differ by system use tabs
    "Debian/Ubuntu", "macOS", "Windows" (checked in ADMIN below).
-3. A page opens with its "# Title", a paragraph, then
+3. A page opens with "# Title" (its title in the nav), a paragraph, then
    ``!!! abstract "By the end you will have"``; it ends with ``## Recap``, then, if its
    stage changed code, ``## What changed since the previous stage`` and
-   ``<!-- stage-diff PREVIOUS THIS -->`` (never for an unchanged stage), then the last
-   two lines ``**Next:** [Title](next-page.md)`` and ``{ .next-part }``, linking the next
-   page of the nav (the last page names what comes without a link). Home has only the
-   Next line.
+   ``<!-- stage-diff PREVIOUS THIS -->`` (never for an unchanged stage), then a last
+   paragraph ``**Next:** [Title](next-page.md)`` followed by the line ``{ .next-part }``,
+   linking the next page of the nav with its nav title (the last page of the nav names
+   what comes, without a link; when a page is added after it, its Next line becomes the
+   link). Home has only the Next paragraph.
 4. A screenshot is ``![what it shows](screenshots/stageNN.png){ .screenshot }``.
 5. The repository's address is written once, as repo_url in mkdocs.yml; pages write
    ``{{ repo_url }}``.
@@ -300,9 +301,10 @@ def test_every_page_opens_and_ends_the_same_way():
         lines = text.rstrip('\n').splitlines()
         assert lines[0] == f'# {TITLES[number]}' or number == 0, f'{page.name}: its title'
         assert lines[-1] == '{ .next-part }', f'{page.name} ends with its Next line'
-        nxt = lines[-2]
+        nxt = ' '.join(text.rstrip('\n').split('\n\n')[-1].splitlines()[:-1])  # may wrap
         if number + 1 < len(NAV):
-            assert nxt == f'**Next:** [{TITLES[number + 1]}]({NAV[number + 1]})', page.name
+            expected = f'**Next:** [{TITLES[number + 1]}]({NAV[number + 1]})'
+            assert nxt == expected, f'{page.name} should end with {expected}'
         else:
             assert nxt.startswith('**Next:** ') and '](' not in nxt, page.name
         if page.name == 'index.md':
