@@ -196,6 +196,43 @@ def test_tls_is_mozilla_intermediate(site):
         handshake(ssl.TLSVersion.TLSv1_1, 'DEFAULT:@SECLEVEL=0')
 
 
+def test_site_file_fits_debians_nginx_conf(reader, tmp_path):
+    """Debian's nginx.conf sets ssl_protocols for all of http: the site must not clash
+    with it, and must pass ``nginx -t`` there with no warning."""
+    stock = Path('/etc/nginx/nginx.conf')
+    if not stock.exists():
+        pytest.skip(f'{stock} is missing: sudo apt-get install nginx')
+    site = production.render_site(
+        reader.dir / 'deploy' / 'nginx.conf',
+        http_port=production.free_port(),
+        https_port=production.free_port(),
+        socket_path=tmp_path / 'gunicorn.sock',
+        certificate=tmp_path / 'cert.pem',
+        key=tmp_path / 'key.pem',
+    )
+    production.make_certificate(tmp_path)
+    (tmp_path / 'site.conf').write_text(site)
+    conf = stock.read_text()
+    for line in re.findall(r'^\s*(?:pid|error_log|access_log) .*$', conf, re.M):
+        conf = conf.replace(line, '')
+    conf = production.substitute(
+        conf, 'include /etc/nginx/sites-enabled/*;', f'include {tmp_path}/site.conf;'
+    )
+    conf = production.substitute(
+        conf, 'http {', 'http {' + production.TEMP_PATHS.format(dir=tmp_path)
+    )
+    (tmp_path / 'nginx.conf').write_text(f'pid {tmp_path}/nginx.pid;\n{conf}')
+    result = subprocess.run(
+        [production.nginx_binary(), '-t', '-c', tmp_path / 'nginx.conf', '-p', tmp_path]
+        + ['-e', tmp_path / 'error.log'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert '[warn]' not in result.stderr and '[emerg]' not in result.stderr, result.stderr
+
+
 # Bad requests
 
 

@@ -37,6 +37,14 @@ CERTIFICATE = '/etc/letsencrypt/live/example.com/fullchain.pem'
 KEY = '/etc/letsencrypt/live/example.com/privkey.pem'
 SERVER_NAME = 'server_name example.com;'
 
+# The folders nginx writes to: in the run's folder, not in /var/lib/nginx.
+TEMP_PATHS = """
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;"""
+# nginx's own configuration for a run: the foreground, and everything in the run's folder.
 MAIN_CONFIG = """\
 daemon off;
 worker_processes auto;
@@ -45,13 +53,8 @@ error_log {dir}/error.log;
 events {{
     worker_connections 1024;
 }}
-http {{
+http {{{temp_paths}
     access_log {dir}/access.log;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
     include {dir}/site.conf;
 }}
 """
@@ -228,16 +231,20 @@ def exit_on_sigterm():
 
 
 @contextlib.contextmanager
-def serve(stage_dir, bin_dir, database_url, env=None):
+def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=None):
     """Serve the stage in ``stage_dir`` with gunicorn from ``bin_dir`` behind nginx.
 
     The app runs with ``FLASK_CONFIG=production``, a random ``SECRET_KEY`` and
-    ``database_url``; ``env`` adds to or overrides the environment. Yields a `Site`.
+    ``database_url``; ``env`` adds to or overrides the environment. The temporary
+    folder is made in ``parent`` (default: the system's), which nginx's workers must
+    be able to enter; it holds ``gunicorn.pid`` and ``nginx.pid``. ``site_edit``, if
+    given, changes the rendered site file (the benchmark lifts the rate limit). Yields
+    a `Site`.
     """
     stage_dir, bin_dir = Path(stage_dir), Path(bin_dir)
     nginx = nginx_binary()
     with exit_on_sigterm(), contextlib.ExitStack() as cleanup:
-        directory = Path(tempfile.mkdtemp(prefix='app-deploy-production-'))
+        directory = Path(tempfile.mkdtemp(prefix='app-deploy-production-', dir=parent))
         cleanup.callback(shutil.rmtree, directory, ignore_errors=True)
         directory.chmod(0o755)  # nginx's workers run as nobody when nginx starts as root
         socket_path = directory / 'gunicorn.sock'
@@ -253,8 +260,9 @@ def serve(stage_dir, bin_dir, database_url, env=None):
             **(env or {}),
         }
         gunicorn_log = directory / 'gunicorn.log'
+        config = ['--config', 'gunicorn.conf.py', '--pid', directory / 'gunicorn.pid']
         gunicorn = start(
-            [bin_dir / 'gunicorn', '--config', 'gunicorn.conf.py', 'wsgi:app'],
+            [bin_dir / 'gunicorn', *config, 'wsgi:app'],
             gunicorn_log,
             cwd=stage_dir,
             env=gunicorn_env,
@@ -271,8 +279,10 @@ def serve(stage_dir, bin_dir, database_url, env=None):
             certificate=certificate,
             key=key,
         )
-        (directory / 'site.conf').write_text(site)
-        (directory / 'nginx.conf').write_text(MAIN_CONFIG.format(dir=directory))
+        (directory / 'site.conf').write_text(site_edit(site) if site_edit else site)
+        temp_paths = TEMP_PATHS.format(dir=directory)
+        main = MAIN_CONFIG.format(dir=directory, temp_paths=temp_paths)
+        (directory / 'nginx.conf').write_text(main)
         nginx_log = directory / 'error.log'
         nginx_process = start(
             [nginx, '-c', directory / 'nginx.conf', '-p', directory, '-e', nginx_log],

@@ -1,0 +1,274 @@
+"""Compare nginx + gunicorn with ``flask run`` on stage 05, side by side, on this machine.
+
+    python tools/benchmark_production.py --bin PATH/TO/VENV/bin [--seconds 5] [--rounds 3]
+
+``--bin`` is the bin folder of an environment with the stage's requirements (a nox
+stage session's, for one). The load comes from ``wrk`` (``apt-get install wrk``), which
+costs the 2 shared cores far less than a Python client would. Both servers run at once on the same database: ``flask run``
+(the development server, threaded) over HTTP and the stage's gunicorn behind nginx over
+HTTPS (see ``tools/production.py``). For GET / and for a POST of the form, at 1 and at
+50 concurrent clients, alone and with 20 slow clients attached (each sending a request
+body at 1 byte/s), it measures requests per second and the p50 and p99 latency, with wrk's keep-alive
+connections as the clients. Each measurement lasts ``--seconds``, and each row is the
+median of ``--rounds`` of them, the two servers taking turns; the table is empty of
+names before each. nginx's rate limit on posts is lifted for the run (it would
+answer most posts with 429): the POST rows measure serving, not limiting.
+
+Prints a Markdown table and the machine it ran on.
+"""
+
+import argparse
+import contextlib
+import http.client
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools import postgres, production  # noqa: E402
+from tools.stages import STAGES  # noqa: E402
+
+TOKEN = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+SLOW_CLIENTS = 20
+
+
+class Server:
+    """Where a server listens, and how to open a connection to it."""
+
+    def __init__(self, name, url, certificate=None):
+        self.name, self.url = name, urlsplit(url)
+        self.context = ssl.create_default_context(cafile=certificate) if certificate else None
+
+    def connect(self, timeout=30):
+        host, port = self.url.hostname, self.url.port
+        if self.context:
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self.context)
+        return http.client.HTTPConnection(host, port, timeout=timeout)
+
+
+def form_session(connection):
+    """GET the page as a browser does: return the headers a post of the form needs."""
+    connection.request('GET', '/')
+    response = connection.getresponse()
+    token = TOKEN.search(response.read().decode())[1]
+    cookie = response.getheader('Set-Cookie').split(';')[0]
+    return token, cookie
+
+
+def slow_client(server, stop):
+    """A POST whose body comes at 1 byte/s, until ``stop`` is set."""
+    with contextlib.suppress(OSError):
+        sock = socket.create_connection((server.url.hostname, server.url.port), timeout=30)
+        if server.context:
+            sock = server.context.wrap_socket(sock, server_hostname=server.url.hostname)
+        with sock:
+            sock.sendall(
+                f'POST / HTTP/1.1\r\nHost: {server.url.netloc}\r\n'
+                'Content-Type: application/x-www-form-urlencoded\r\n'
+                'Content-Length: 1000\r\n\r\n'.encode()  # under nginx's limit
+            )
+            while not stop.wait(1):
+                sock.sendall(b'x')
+
+
+# wrk's script: the request to send, and the figures to print at the end (in µs).
+WRK_SCRIPT = """
+wrk.method = "{method}"
+wrk.body = {body}
+wrk.headers = {{{headers}}}
+function done(summary, latency, requests)
+  local errors = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d\\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99),
+    errors.connect + errors.read + errors.write + errors.status + errors.timeout))
+end
+"""
+
+
+def wrk_script(server, method, directory):
+    """The wrk script for ``method``: a POST of the form carries its token and cookie."""
+    body, headers = 'nil', {}
+    if method == 'POST':
+        token, cookie = form_session(server.connect())
+        body = f'"{urlencode({"csrf_token": token, "name": "Bench"})}"'
+        headers = {
+            'Content-Type': 'application/x-www-form-urlencoded',
+            'Cookie': cookie,
+            'Referer': f'{server.url.scheme}://{server.url.netloc}/',
+        }
+    path = Path(directory) / f'{method.lower()}.lua'
+    fields = ', '.join(f'["{name}"] = "{value}"' for name, value in headers.items())
+    path.write_text(WRK_SCRIPT.format(method=method, body=body, headers=fields))
+    return path
+
+
+def measure(server, method, clients, seconds, slow, directory):
+    """Requests per second, p50 and p99 in ms, and the failed requests (errors, 4xx, 5xx)."""
+    script = wrk_script(server, method, directory)
+    stop = threading.Event()
+    slow_threads = [threading.Thread(target=slow_client, args=(server, stop)) for _ in range(slow)]
+    for thread in slow_threads:
+        thread.start()
+    time.sleep(1 if slow else 0)  # let them connect and start dribbling
+    try:
+        threads = min(clients, 2)
+        result = subprocess.run(
+            ['wrk', f'-t{threads}', f'-c{clients}', f'-d{seconds}s', '--timeout', '30s']
+            + ['-s', script, f'{server.url.scheme}://{server.url.netloc}/'],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+        )
+    finally:
+        stop.set()
+        for thread in slow_threads:
+            thread.join()
+    figures = re.search(r'^RESULT (\d+) (\d+) (\d+) (\d+) (\d+)$', result.stdout, re.M)
+    if not figures:
+        sys.exit(f'wrk failed:\n{result.stdout}{result.stderr}')
+    requests, duration, p50, p99, failed = map(int, figures.groups())
+    return requests / duration * 1e6, p50 / 1000, p99 / 1000, failed
+
+
+def lift_post_limit(site):
+    return production.substitute(site, 'limit_req zone=app_deploy_posts burst=10 nodelay;', '')
+
+
+@contextlib.contextmanager
+def dev_server(stage_dir, bin_dir, database_url):
+    """``flask run`` on a free port, as Part 2 runs it."""
+    port = production.free_port()
+    env = {
+        **os.environ,
+        'PATH': f'{bin_dir}{os.pathsep}{os.environ.get("PATH", "")}',
+        'FLASK_APP': 'wsgi.py',
+        'FLASK_CONFIG': 'development',
+        'DEV_DATABASE_URL': database_url,
+    }
+    log = Path(stage_dir) / 'flask-run.log'
+    process = production.start(
+        [bin_dir / 'flask', 'run', '--port', str(port)], log, cwd=stage_dir, env=env
+    )
+    try:
+        production.wait_until(lambda: socket_open(port), process, log, 'flask run')
+        yield f'http://127.0.0.1:{port}'
+    finally:
+        production.stop(process, signal.SIGTERM)
+
+
+def socket_open(port):
+    with socket.socket() as sock:
+        return sock.connect_ex(('127.0.0.1', port)) == 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--bin', type=Path, required=True, help="the stage environment's bin")
+    parser.add_argument('--stage', type=Path, default=STAGES.get('05'), help='stage folder')
+    parser.add_argument('--seconds', type=int, default=5, help='length of each measurement')
+    parser.add_argument('--rounds', type=int, default=3, help='measurements per row')
+    args = parser.parse_args()
+    if not shutil.which('wrk'):
+        sys.exit('wrk is missing: sudo apt-get install -y --no-install-recommends wrk')
+    if not (args.bin / 'gunicorn').exists():
+        sys.exit(f'{args.bin} has no gunicorn: pip install -r {args.stage}/requirements.txt')
+    server_url = postgres.server_url()
+    name = postgres.unique_name('app_deploy_benchmark')
+    database = postgres.create_database(server_url, name)
+    work = Path(tempfile.mkdtemp(prefix='app-deploy-benchmark-'))
+    try:
+        stage = shutil.copytree(args.stage, work / args.stage.name)
+        env = {**os.environ, 'FLASK_APP': 'wsgi.py', 'FLASK_CONFIG': 'production'}
+        env.update(PRODUCTION_DATABASE_URL=database, SECRET_KEY=secrets.token_hex(32))
+        subprocess.run(
+            [args.bin / 'flask', 'db', 'upgrade'],
+            cwd=stage,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        with (
+            dev_server(stage, args.bin, database) as dev_url,
+            production.serve(stage, args.bin, database, site_edit=lift_post_limit) as site,
+        ):
+            servers = [
+                Server('flask run', dev_url),
+                Server('nginx + gunicorn', site.https_url, site.certificate),
+            ]
+            load = os.getloadavg()[0]
+            rows = []
+            for slow in (0, SLOW_CLIENTS):
+                for method in ('GET', 'POST'):
+                    for clients in (1, 50):
+                        runs = {server.name: [] for server in servers}
+                        for number in range(args.rounds):
+                            # Alternate who goes first, so neither always meets the
+                            # machine's other work in the same state.
+                            for server in servers[:: 1 if number % 2 else -1]:
+                                postgres.execute(database, 'TRUNCATE names')
+                                runs[server.name].append(
+                                    measure(server, method, clients, args.seconds, slow, work)
+                                )
+                                print('.', end='', file=sys.stderr, flush=True)
+                        for server, figures in runs.items():
+                            rows.append((method, clients, slow, server, *median(figures)))
+            workers = len(site.worker_pids())  # all booted by now
+        print(file=sys.stderr)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        postgres.drop_database(server_url, name)
+    report(rows, workers, args, (load, os.getloadavg()[0]))
+
+
+def median(runs):
+    """The median of each figure over the runs; failed requests are summed."""
+    rates, p50s, p99s, failed = zip(*runs, strict=True)
+    middle = statistics.median
+    return middle(rates), middle(p50s), middle(p99s), sum(failed)
+
+
+def report(rows, workers, args, load):
+    print(
+        f'{os.cpu_count()} cores, {platform.system()} {platform.release()}, load average '
+        f'{load[0]:.1f} at the start and {load[1]:.1f} at the end; gunicorn with {workers} '
+        f'sync workers; each row the median of {args.rounds} runs of {args.seconds} s.'
+    )
+    print()
+    print('| request | clients | slow clients | server | req/s | p50 ms | p99 ms | failed |')
+    print('| --- | ---: | ---: | --- | ---: | ---: | ---: | --- |')
+    for method, clients, slow, server, rate, p50, p99, failed in rows:
+        print(
+            f'| {method} / | {clients} | {slow} | {server} | {rate:.0f} | {p50:.1f} | '
+            f'{p99:.1f} | {failed} |'
+        )
+    print()
+    by = {(m, c, s, server): rate for m, c, s, server, rate, *_ in rows}
+    p99s = {(m, c, s, server): p99 for m, c, s, server, _, _, p99, _ in rows}
+    for method in ('GET', 'POST'):
+        ratio = by[method, 50, 0, 'nginx + gunicorn'] / by[method, 50, 0, 'flask run']
+        moved = (
+            p99s[method, 50, SLOW_CLIENTS, 'nginx + gunicorn']
+            / p99s[method, 50, 0, 'nginx + gunicorn']
+        )
+        print(
+            f'{method} at 50 clients: nginx + gunicorn serves {ratio:.2f}x the requests of '
+            f'flask run; {SLOW_CLIENTS} slow clients move its p99 {moved:.2f}x.'
+        )
+
+
+if __name__ == '__main__':
+    main()
