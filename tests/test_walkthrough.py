@@ -1,19 +1,13 @@
 """Stages 02 on as a reader runs them: the README's walkthrough, step by step."""
 
-import re
 import subprocess
 
 import pytest
 
-from tests.reader import NAMES, readme_blocks, readme_commands, stored_names
+from tests.reader import NAMES, listed_names, readme_blocks, readme_commands, stored_names
 from tools import postgres
 
 pytestmark = pytest.mark.stages('02', '03', '04')
-
-
-def listed_names(page):
-    """The names a page lists: stage 03 lists them as typed, stage 04 adds the date."""
-    return re.findall(r'<li>(.*?)(?:, added <time[^>]*>[^<]*</time>)?</li>', page, re.S)
 
 
 def session_lines(block):
