@@ -234,8 +234,9 @@ def exit_on_sigterm():
 def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=None):
     """Serve the stage in ``stage_dir`` with gunicorn from ``bin_dir`` behind nginx.
 
-    The app runs with ``FLASK_CONFIG=production``, a random ``SECRET_KEY`` and
-    ``database_url``; ``env`` adds to or overrides the environment. The temporary
+    The app runs with ``FLASK_CONFIG=production``, a random ``SECRET_KEY``,
+    ``database_url`` and 127.0.0.1 as its trusted host; ``env`` adds to or overrides
+    the environment. The temporary
     folder is made in ``parent`` (default: the system's), which nginx's workers must
     be able to enter; it holds ``gunicorn.pid`` and ``nginx.pid``. ``site_edit``, if
     given, changes the rendered site file (the benchmark lifts the rate limit). Yields
@@ -256,6 +257,7 @@ def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=
             'FLASK_CONFIG': 'production',
             'SECRET_KEY': secrets.token_hex(32),
             'PRODUCTION_DATABASE_URL': database_url,
+            'TRUSTED_HOSTS': '127.0.0.1',  # the site's name in the loopback run
             'GUNICORN_BIND': f'unix:{socket_path}',
             **(env or {}),
         }
