@@ -1,0 +1,263 @@
+"""Stage 05's app under gunicorn behind nginx: database waits, outages, settings, hosts.
+
+Through ``tools/production.py`` (nginx over HTTPS on loopback, the stage's own
+``gunicorn.conf.py`` and ``deploy/nginx.conf``); gunicorn alone where a test is about
+gunicorn starting. The nginx side (headers, limits, load, reload) is test_serving.py's.
+The tests count status codes, never time anything.
+"""
+
+import re
+import secrets
+import socket
+import subprocess
+
+import psycopg2
+import pytest
+import requests
+
+from tests.proxy import Proxy
+from tests.reader import stored_names
+from tools import production
+
+pytestmark = pytest.mark.stages('05')
+
+TOKEN = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+UNAVAILABLE = 'The database cannot be reached right now.'
+
+
+@pytest.fixture
+def deployed(reader, database):
+    """The stage copy set up as on the server: production settings, tables migrated."""
+    try:
+        production.nginx_binary()
+    except production.NginxMissing as error:
+        pytest.skip(str(error))
+    reader.env.update(
+        FLASK_APP='wsgi.py',
+        FLASK_CONFIG='production',
+        PRODUCTION_DATABASE_URL=database,
+        SECRET_KEY=secrets.token_hex(32),
+        TRUSTED_HOSTS='127.0.0.1',
+    )
+    reader.run('flask db upgrade', preload=True)
+    return reader
+
+
+class Browser:
+    """One browser of the site: its own cookies, the throwaway certificate trusted."""
+
+    def __init__(self, site):
+        self.url = site.https_url
+        self.http = requests.Session()
+        self.http.trust_env = False  # loopback: no proxy, no CA bundle from the environment
+        self.http.verify = str(site.certificate)
+        self.pages = []  # every answer, to look for tracebacks in
+
+    def get(self, path='/'):
+        response = self.http.get(self.url + path, timeout=60)
+        self.pages.append(response)
+        return response
+
+    def submit(self, name):
+        """Fetch the form, post a name with its token (Flask-WTF wants the Referer)."""
+        token = TOKEN.search(self.get().text)[1]
+        response = self.http.post(
+            self.url + '/',
+            data={'csrf_token': token, 'name': name},
+            headers={'Referer': self.url + '/'},
+            allow_redirects=False,
+            timeout=60,
+        )
+        self.pages.append(response)
+        return response
+
+
+def assert_unavailable(response):
+    """The app's 503 page, with Retry-After: not nginx's 502 or 504 after a hung request."""
+    assert response.status_code == 503, response.text
+    assert int(response.headers['Retry-After']) > 0
+    assert UNAVAILABLE in response.text
+
+
+def assert_no_traceback(pages):
+    for page in pages:
+        assert not re.search(r'Traceback|File "/|psycopg2|sqlalchemy', page.text), page.text
+
+
+def test_locked_table_gives_the_503_page_instead_of_a_hung_request(deployed, database):
+    with production.serve(deployed.dir, deployed.bin, database) as site:
+        browser = Browser(site)
+        assert browser.submit('before').status_code == 302
+        token_page = browser.get()
+        holder = psycopg2.connect(database)
+        try:
+            with holder.cursor() as cursor:
+                cursor.execute('LOCK TABLE names IN ACCESS EXCLUSIVE MODE')
+            assert_unavailable(browser.get())
+            token = TOKEN.search(token_page.text)[1]
+            during = browser.http.post(
+                site.https_url + '/',
+                data={'csrf_token': token, 'name': 'during'},
+                headers={'Referer': site.https_url + '/'},
+                timeout=60,
+            )
+            browser.pages.append(during)
+            assert_unavailable(during)
+            assert browser.get('/health').status_code == 200  # the database itself answers
+        finally:
+            holder.rollback()
+            holder.close()
+        assert browser.submit('after').status_code == 302
+        assert browser.get().status_code == 200
+        log = site.gunicorn_log()
+    assert stored_names(database) == ['before', 'after']
+    assert '<3>app: Database unavailable: canceling statement due to lock timeout' in log
+    assert 'WORKER TIMEOUT' not in log
+    assert_no_traceback(browser.pages)
+
+
+def test_database_outage_gives_503_and_recovers_without_a_restart(deployed, database):
+    proxy = Proxy(database)
+    proxy.start()
+    try:
+        with production.serve(deployed.dir, deployed.bin, proxy.url) as site:
+            browser = Browser(site)
+            assert browser.submit('before').status_code == 302
+            workers = site.worker_pids()
+            proxy.stop()
+            try:
+                for _ in range(3):  # more than one worker sees it
+                    assert_unavailable(browser.get())
+                health = browser.get('/health')
+                assert health.status_code == 503
+                assert health.json() == {'status': 'unavailable'}
+            finally:
+                proxy.start()
+            assert browser.get('/health').json() == {'status': 'ok'}
+            assert browser.submit('after').status_code == 302
+            assert browser.get().status_code == 200
+            assert site.worker_pids() == workers  # no worker was restarted
+    finally:
+        proxy.stop()
+    assert stored_names(database) == ['before', 'after']
+    assert_no_traceback(browser.pages)
+
+
+def test_silent_database_gives_503_after_connect_timeout(deployed, database):
+    """A database host that accepts connections and never answers: without
+    connect_timeout the worker hangs until gunicorn kills it and nginx answers 502."""
+    proxy = Proxy(database)
+    proxy.start()
+    try:
+        with production.serve(deployed.dir, deployed.bin, proxy.url) as site:
+            browser = Browser(site)
+            assert browser.get().status_code == 200
+            proxy.stop()
+            with socket.socket() as silent:  # on the proxy's port: accepts, never answers
+                silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                silent.bind(('127.0.0.1', proxy.port))
+                silent.listen()
+                assert browser.get('/health').status_code == 503
+                assert_unavailable(browser.get())
+            proxy.start()
+            assert browser.get().status_code == 200
+            log = site.gunicorn_log()
+    finally:
+        proxy.stop()
+    assert 'WORKER TIMEOUT' not in log
+    assert_no_traceback(browser.pages)
+
+
+def gunicorn(deployed, env, socket_path):
+    """Start gunicorn as the unit does, without nginx; return how it ended."""
+    return subprocess.run(
+        [deployed.bin / 'gunicorn', '--config', 'gunicorn.conf.py', 'wsgi:app'],
+        cwd=deployed.dir,
+        env={**deployed.env, 'GUNICORN_BIND': f'unix:{socket_path}', **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    'change, message',
+    [
+        ({'FLASK_CONFIG': None}, 'Error: FLASK_CONFIG is not set; set it to one of: '),
+        ({'SECRET_KEY': 'dev'}, 'Error: SECRET_KEY is too short; use at least 32 random bytes'),
+        ({'SECRET_KEY': 'x' * 31}, 'Error: SECRET_KEY is too short; use at least 32 random bytes'),
+        ({'TRUSTED_HOSTS': None}, 'Error: TRUSTED_HOSTS is not set'),
+        ({'FLASK_DEBUG': '1'}, 'Error: FLASK_DEBUG is on'),
+    ],
+    ids=['no FLASK_CONFIG', 'SECRET_KEY dev', 'SECRET_KEY 31 bytes', 'no TRUSTED_HOSTS', 'debug'],
+)
+def test_configuration_error_stops_gunicorn_with_one_line(deployed, tmp_path, change, message):
+    for name, value in change.items():
+        deployed.env.pop(name, None)
+        if value is not None:
+            deployed.env[name] = value
+    result = gunicorn(deployed, {}, tmp_path / 'gunicorn.sock')
+    assert result.returncode != 0
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith(message), lines
+    assert deployed.env.get('SECRET_KEY', '-') not in lines[0]  # the key is never printed
+
+
+def http_over_unix(path, request):
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(60)
+        sock.connect(str(path))
+        sock.sendall(request.encode())
+        answer = b''
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize('host', ['evil.example', '127.0.0.1.evil.example'])
+def test_unknown_host_is_refused_by_flask_too(deployed, database, host):
+    """nginx closes the connection on an unknown Host; should a request reach gunicorn
+    some other way, Flask's TRUSTED_HOSTS refuses it."""
+    with production.serve(deployed.dir, deployed.bin, database) as site:
+        socket_path = site.dir / 'gunicorn.sock'
+        headers = 'X-Forwarded-Proto: https\r\nX-Forwarded-Port: 443\r\nConnection: close\r\n'
+        good = http_over_unix(socket_path, f'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n')
+        bad = http_over_unix(socket_path, f'GET / HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n')
+        forwarded = http_over_unix(
+            socket_path,
+            f'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-Host: {host}\r\n{headers}\r\n',
+        )
+    assert good.startswith(b'HTTP/1.1 200 ')
+    for answer in (bad, forwarded):
+        assert answer.startswith(b'HTTP/1.1 400 '), answer[:200]
+        assert b'<h1>400 Bad Request</h1>' in answer
+        assert b'Traceback' not in answer
+
+
+def test_error_pages_name_the_error_and_nothing_is_stored_twice(deployed, database):
+    with production.serve(deployed.dir, deployed.bin, database) as site:
+        browser = Browser(site)
+        names = [f'reader {number}' for number in range(5)]
+        for name in names:
+            assert browser.submit(name).status_code == 302
+        assert browser.get('/no-such-page').status_code == 404
+        assert browser.get('/?page=99').status_code == 404
+        assert browser.get('/?page=-1').status_code == 404
+        assert browser.get('/?page=2').status_code == 404  # five names: one page
+        page = browser.get()
+    assert stored_names(database) == names
+    assert re.findall(r'<li>(.*?), added', page.text) == names[::-1]
+    for answer in browser.pages:
+        if answer.status_code == 404:
+            assert '<h1>404 Not Found</h1>' in answer.text
+    assert_no_traceback(browser.pages)
+
+
+def test_the_server_installs_no_test_tools(stage_dir):
+    """requirements.txt is what runs on the server; pytest comes from requirements-dev.txt."""
+    runtime = (stage_dir / 'requirements.txt').read_text().lower()
+    dev = (stage_dir / 'requirements-dev.txt').read_text().lower().splitlines()
+    assert 'gunicorn==' in runtime
+    assert 'pytest' not in runtime
+    assert '-r requirements.txt' in dev
+    assert any(line.startswith('pytest==') for line in dev)
