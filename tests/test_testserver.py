@@ -200,6 +200,7 @@ def test_the_servers_reach_nothing_else(servers):
 def test_a_reboot_comes_back(servers):
     staging = servers.hosts['staging']
     before = staging.process.pid
+    staging.ssh('touch /run/before-reboot')  # /run is a new tmpfs at each boot
     started = time.monotonic()
     staging.ssh('systemctl reboot', check=False)
     while staging.process.pid == before and time.monotonic() - started < 30:
@@ -208,6 +209,7 @@ def test_a_reboot_comes_back(servers):
     print(f'rebooted to ssh in {time.monotonic() - started:.1f} s')
     state = staging.ssh('systemctl is-system-running --wait', check=False).stdout.strip()
     assert state in ('running', 'degraded')
+    assert staging.ssh('test -e /run/before-reboot', check=False).returncode == 1
 
 
 def test_nothing_is_left_after_the_servers_stop(servers):
@@ -217,7 +219,7 @@ def test_nothing_is_left_after_the_servers_stop(servers):
     servers.stack.close()
     halts = ', '.join(f'{host.timings["halt"]:.1f} s' for host in hosts)
     print(f'halted and removed both in {time.monotonic() - started:.1f} s (halts: {halts})')
-    assert all(host.process.poll() is not None for host in hosts)
+    assert [host.process.poll() for host in hosts] == [0, 0]  # a clean poweroff
     assert ours(os.getpid()) == NOTHING
     assert nft_tables() == servers.tables
     if not any_servers_left():
@@ -286,7 +288,9 @@ def test_the_command_runs_until_stopped(command, signum, group):
     assert ssh_line.startswith('ssh -o UserKnownHostsFile=')
     login = subprocess.run(f'{ssh_line} hostname', shell=True, capture_output=True, text=True)
     assert login.stdout == 'staging\n', login.stderr
+    started = time.monotonic()
     assert server.stop(signum, group) == 0
+    print(f'stopped and removed in {time.monotonic() - started:.1f} s')
     assert ours(server.process.pid) == NOTHING
 
 
@@ -298,6 +302,17 @@ def test_what_a_killed_run_left_is_removed_by_the_next(command):
     assert left['processes'] and left['netns'] and left['links'] and left['tables']
     testserver.sweep_stale()
     assert ours(server.process.pid) == NOTHING
+
+
+def test_the_readers_key(tmp_path):
+    """--key ~/.ssh/app_deploy.pub: that key logs in, and the ssh line names its private key."""
+    key = tmp_path / 'app_deploy'
+    testserver.sh('ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', key)
+    with testserver.running('readers', public_key=f'{key}.pub') as host:
+        assert host.key == key
+        assert f'-i {key} ' in host.ssh_line
+        assert host.ssh('hostname').stdout == 'readers\n'
+    assert ours(os.getpid(), 'readers') == NOTHING
 
 
 def test_a_server_that_does_not_boot_is_removed(monkeypatch):

@@ -167,12 +167,14 @@ def build(tarball):
     """debootstrap a root filesystem, prepare it for copies, and pack it into ``tarball``."""
     mirror, _ = mirrors()
     print(f'Building the root filesystem of the stand-in servers from {mirror}', file=sys.stderr)
-    print(f'(about a minute, once; kept in {tarball})', file=sys.stderr, flush=True)
+    print(f'(a minute or two, once; kept in {tarball})', file=sys.stderr, flush=True)
+    for left in CACHE.glob('build-*'):  # by a build that was killed (we hold the lock)
+        remove_build(left)
     rootfs = Path(tempfile.mkdtemp(prefix='build-', dir=CACHE))
     partial = tarball.with_suffix('.partial')
     try:
         started = time.monotonic()
-        sh('debootstrap', '--variant=minbase', f'--include={PACKAGES}', SUITE, rootfs, mirror)
+        debootstrap(rootfs, mirror)
         print(f'debootstrap took {time.monotonic() - started:.0f} s', file=sys.stderr)
         # What each copy gets its own of: host keys, machine id (made at first boot when
         # the file is empty), resolv.conf (debootstrap copied ours). And no package lists.
@@ -191,8 +193,47 @@ def build(tarball):
             if old != tarball:
                 old.unlink()
     finally:
-        shutil.rmtree(rootfs, ignore_errors=True)
+        remove_build(rootfs)
         partial.unlink(missing_ok=True)
+
+
+def debootstrap(rootfs, mirror):
+    """Run debootstrap in a process group of its own, stopped whole if we are stopped."""
+    command = ['debootstrap', '--variant=minbase', f'--include={PACKAGES}', SUITE, rootfs, mirror]
+    process = subprocess.Popen(
+        [str(arg) for arg in command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output = process.communicate()[0]
+    finally:
+        if process.poll() is None:  # Ctrl-C or SIGTERM: its trap unmounts what it mounted
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait()
+    if process.returncode:
+        raise TestServerError(f'debootstrap failed:\n{output[-2000:]}')
+
+
+def remove_build(rootfs):
+    """Delete a build folder, unmounting first what a stopped debootstrap left mounted in it
+    (/proc, /dev/pts...): never delete through a mount."""
+    for point in reversed(mounts_in(rootfs)):
+        subprocess.run(['umount', '--lazy', point], check=False)
+    if mounts_in(rootfs):
+        print(
+            f'Not deleting {rootfs}: {", ".join(mounts_in(rootfs))} still mounted', file=sys.stderr
+        )
+    else:
+        shutil.rmtree(rootfs, ignore_errors=True)
+
+
+def mounts_in(folder):
+    with open('/proc/self/mounts') as mounts:
+        points = [line.split()[1] for line in mounts]
+    return [point for point in points if point.startswith(f'{folder}/')]
 
 
 # --- One server ----------------------------------------------------------------------
@@ -211,6 +252,7 @@ class Host:
     user: str = USER
     process: subprocess.Popen | None = field(default=None, repr=False)  # systemd-nspawn
     stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     timings: dict = field(default_factory=dict)  # seconds: restore, boot to ssh, halt
 
     @property
@@ -473,8 +515,11 @@ def boot(host, netns):
         (host.folder / 'nspawn.pid').write_text(str(host.process.pid))
 
     def restart_on_reboot():
-        while host.process.wait() == REBOOTED and not host.stopping.is_set():
-            start()
+        while host.process.wait() == REBOOTED:
+            with host.lock:  # not while halt() stops it
+                if host.stopping.is_set():
+                    return
+                start()
 
     start()
     threading.Thread(target=restart_on_reboot, daemon=True).start()
@@ -531,7 +576,8 @@ def teardown(pid, name, host=None, timeout=30):
 def halt(host, timeout):
     """Power the server off (nspawn turns SIGTERM into a clean halt); kill it after ``timeout``."""
     started = time.monotonic()
-    host.stopping.set()
+    with host.lock:
+        host.stopping.set()
     host.process.terminate()
     try:
         host.process.wait(timeout)
