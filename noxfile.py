@@ -21,6 +21,7 @@ import atexit
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).parent
@@ -175,9 +176,10 @@ def serve(session):
     """Run a stage's app: -- 03 [flask run options], on the server the tests use."""
     number = stage_number(session, default=max(STAGES))
     directory, flask_args = STAGES[number], session.posargs[1:]
+    production = (directory / 'gunicorn.conf.py').exists()  # gunicorn behind nginx
     host = flask_option(flask_args, '--host', '-h', os.environ.get('FLASK_RUN_HOST', '127.0.0.1'))
     port = flask_option(flask_args, '--port', '-p', os.environ.get('FLASK_RUN_PORT', '5000'))
-    if port_taken(host, port):
+    if not production and port_taken(host, port):
         fail(
             session,
             f'port {port} is in use by another program; choose another: '
@@ -206,11 +208,30 @@ def serve(session):
         session.chdir(directory)
         if env['FLASK_APP'] == 'wsgi.py':
             session.run(*setup_command(directory).split(), env=env)
-        session.log(f'Open http://{host}:{port}/ in your browser; Ctrl-C stops the app.')
-        session.run('flask', 'run', *flask_args, env=env)
+        if production:
+            serve_production(session, directory, env['DEV_DATABASE_URL'])
+        else:
+            session.log(f'Open http://{host}:{port}/ in your browser; Ctrl-C stops the app.')
+            session.run('flask', 'run', *flask_args, env=env)
     finally:
         if made:
             postgres.drop_database(server_url, made)
+
+
+def serve_production(session, directory, url):
+    """Serve the stage as production does, on loopback ports (tools/production.py)."""
+    from tools import production
+
+    try:
+        with production.serve(directory, session.bin, url) as site:
+            session.log(
+                f'gunicorn behind nginx, with a self-signed certificate: {site.https_url}/'
+            )
+            session.log(f'Open {site.https_url}/ in your browser; Ctrl-C stops both.')
+            while True:
+                time.sleep(3600)
+    except (production.NginxMissing, production.StartError) as error:
+        fail(session, str(error))
 
 
 @nox.session(venv_backend='none')

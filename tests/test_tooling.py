@@ -37,18 +37,21 @@ def envdir(tmp_path_factory):
     return tmp_path_factory.mktemp('envdir')
 
 
-def command(line, envdir=None):
-    """``line`` as the docs give it, run with this Python for ``python3``, in ``envdir``."""
+def command(line, envdir):
+    """``line`` as the docs give it, run with this Python for ``python3``, in ``envdir``.
+
+    Never in the .nox/ of the run these tests are part of: that run holds it, and a
+    nested run would wait for it to end (tools/run.py).
+    """
     args = shlex.split(line)
     if args[0] == 'python3':
         args = [sys.executable, *args[1:]]
     elif args[0] == 'nox':
         args = [str(Path(sys.executable).parent / 'nox'), *args[1:]]
-    if envdir:
-        args[args.index('noxfile.py') + 1 if 'noxfile.py' in args else 1 : 0] = [
-            '--envdir',
-            str(envdir),
-        ]
+    args[args.index('noxfile.py') + 1 if 'noxfile.py' in args else 1 : 0] = [
+        '--envdir',
+        str(envdir),
+    ]
     return args
 
 
@@ -60,9 +63,12 @@ def nox_env(**variables):
     return {**env, **variables}
 
 
+STARTED = []  # the nested runs started, stopped after each test if still running
+
+
 def start(args, env):
     """Start a nested nox run in a process group of its own; its output in a pipe."""
-    return subprocess.Popen(
+    process = subprocess.Popen(
         args,
         cwd=ROOT,
         env=env,
@@ -71,6 +77,19 @@ def start(args, env):
         text=True,
         start_new_session=True,
     )
+    STARTED.append(process)
+    return process
+
+
+@pytest.fixture(autouse=True)
+def stop_nested_runs():
+    """Stop, by process group, any nested run a failing test left running."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.communicate(timeout=60)
 
 
 def as_role(url, role):
@@ -79,9 +98,9 @@ def as_role(url, role):
     return urlunsplit(parts._replace(netloc=f'{role}@{parts.netloc.rpartition("@")[2]}'))
 
 
-def test_diff_session_prints_the_diff_between_two_stages():
+def test_diff_session_prints_the_diff_between_two_stages(envdir):
     result = subprocess.run(
-        command('python3 noxfile.py -s diff -- 01 02'),
+        command('python3 noxfile.py -s diff -- 01 02', envdir),
         cwd=ROOT,
         env=nox_env(),
         capture_output=True,
@@ -101,9 +120,13 @@ def test_readme_diff_command_shows_added_files():
     assert '+++ stages/02-database-config/wsgi.py' in result.stdout
 
 
-def test_session_menu_is_plain_and_lists_every_stage():
+def test_session_menu_is_plain_and_lists_every_stage(envdir):
     result = subprocess.run(
-        command('python3 noxfile.py -l'), cwd=ROOT, env=nox_env(), capture_output=True, text=True
+        command('python3 noxfile.py -l', envdir),
+        cwd=ROOT,
+        env=nox_env(),
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert '``' not in result.stdout and 'listed above' not in result.stdout
@@ -113,9 +136,13 @@ def test_session_menu_is_plain_and_lists_every_stage():
 
 
 @pytest.mark.parametrize('line', ['python3 noxfile.py', 'nox'])
-def test_hints_name_the_command_the_reader_used(line):
+def test_hints_name_the_command_the_reader_used(line, envdir):
     result = subprocess.run(
-        command(f'{line} -s diff -- 01'), cwd=ROOT, env=nox_env(), capture_output=True, text=True
+        command(f'{line} -s diff -- 01', envdir),
+        cwd=ROOT,
+        env=nox_env(),
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0
     hints = [text for text in result.stderr.splitlines() if 'name two stages' in text]
@@ -304,6 +331,17 @@ def test_a_second_run_waits_for_the_first_and_says_so(envdir):
     assert output == stage_diff(STAGES['01'], STAGES['02'])
 
 
+def commands(pid):
+    """The command lines of the processes below ``pid``, the script's name shortened."""
+    found = []
+    for process in psutil.Process(pid).children(recursive=True):
+        try:
+            found.append([Path(part).name for part in process.cmdline()])
+        except psutil.Error:  # ended, or a zombie, meanwhile
+            pass
+    return found
+
+
 def run_until_flask_serves(envdir, env):
     """Start stage 02's guard tests in a nested run; return it once `flask run` serves.
 
@@ -313,9 +351,7 @@ def run_until_flask_serves(envdir, env):
     nox = start([*args, '--', '-p', 'tests.hold', '-k', 'valid'], env)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and nox.poll() is None:
-        processes = psutil.Process(nox.pid).children(recursive=True)
-        with_flask = [p for p in processes if p.is_running() and 'run' in p.cmdline()[2:3]]
-        if with_flask and any('flask' in part for p in with_flask for part in p.cmdline()):
+        if any(command[1:3] == ['flask', 'run'] for command in commands(nox.pid)):
             time.sleep(1)  # the server answers, and the test holds
             return nox, psutil.Process(nox.pid).children(recursive=True)
         time.sleep(0.2)

@@ -40,13 +40,19 @@ def database_prefix(name):
 
 
 def folder():
-    """The run's folder, made on first use; its owner deletes it at exit."""
+    """The run's folder, made on first use (by any process of the run)."""
     path = Path(tempfile.gettempdir()) / f'{PREFIX}{owner()}'
-    if not path.exists():
-        path.mkdir(exist_ok=True)
-        if is_owner():
-            atexit.register(sweep_folder, path)
+    path.mkdir(exist_ok=True)
+    if is_owner():
+        _sweep_at_exit(path)
     return path
+
+
+def _sweep_at_exit(path, registered=set()):  # noqa: B006 (once per process)
+    """The owner deletes the run's folder when it ends, with whatever runs in it."""
+    if path not in registered:
+        registered.add(path)
+        atexit.register(sweep_folder, path)
 
 
 def alive(pid):
@@ -86,7 +92,11 @@ def sweep_folder(path, servers=SERVERS):
     for pidfile, signum in servers.items():
         with contextlib.suppress(OSError, ValueError, IndexError):
             _stop(int((path / pidfile).read_text().split()[0]), str(path), signum)
-    shutil.rmtree(path, ignore_errors=True)
+    for _ in range(50):  # a server's last writes may still land as it ends
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            break
+        time.sleep(0.1)
 
 
 def sweep_stale():
@@ -158,6 +168,7 @@ def begin(envdir, command, listing=False):
     if os.environ.get(RUN_VARIABLE):
         return False
     os.environ[RUN_VARIABLE] = str(os.getpid())
+    _sweep_at_exit(Path(tempfile.gettempdir()) / f'{PREFIX}{owner()}')
     if not listing:
         sweep_stale()
         lock(envdir, command)
