@@ -220,7 +220,7 @@ def test_unknown_host_is_refused_by_flask_too(deployed, database, host):
     some other way, Flask's TRUSTED_HOSTS refuses it."""
     with production.serve(deployed.dir, deployed.bin, database) as site:
         socket_path = site.dir / 'gunicorn.sock'
-        headers = 'X-Forwarded-Proto: https\r\nX-Forwarded-Port: 443\r\nConnection: close\r\n'
+        headers = 'X-Forwarded-Proto: https\r\nConnection: close\r\n'
         good = http_over_unix(socket_path, f'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n')
         bad = http_over_unix(socket_path, f'GET / HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n')
         forwarded = http_over_unix(

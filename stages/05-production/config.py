@@ -118,9 +118,9 @@ class ProductionConfig(Config):
                 'FLASK_DEBUG is on; the debugger must never run in staging or production'
             )
 
-        # nginx is the one proxy in front of the app: trust one hop of the
-        # X-Forwarded-* headers it sets, and nothing a client adds before it.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1)
+        # nginx is the one proxy in front of the app: trust the last value of the three
+        # X-Forwarded-* headers it sets (deploy/nginx.conf), and no other header.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
 
         # Log to stderr, which systemd sends to the journal, in its style.
         handler = logging.StreamHandler()

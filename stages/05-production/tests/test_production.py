@@ -15,7 +15,6 @@ NGINX = {
     'X-Forwarded-For': '203.0.113.7',
     'X-Forwarded-Proto': 'https',
     'X-Forwarded-Host': 'example.com',
-    'X-Forwarded-Port': '443',
 }
 UNAVAILABLE = 'The database cannot be reached right now.'
 
@@ -222,27 +221,44 @@ def whoami(production_app):
 
     @production_app.route('/whoami')
     def whoami():
-        return {'address': request.remote_addr, 'scheme': request.scheme, 'host': request.host}
+        return {
+            'address': request.remote_addr,
+            'scheme': request.scheme,
+            'host': request.host,
+            'url': request.url,
+        }
 
     return production_app.test_client()
 
 
 def test_proxy_headers_of_one_hop_are_trusted(whoami):
     seen = whoami.get('/whoami', headers=NGINX).get_json()
-    assert seen == {'address': '203.0.113.7', 'scheme': 'https', 'host': 'example.com'}
+    assert seen == {
+        'address': '203.0.113.7',
+        'scheme': 'https',
+        'host': 'example.com',
+        'url': 'https://example.com/whoami',
+    }
 
 
 def test_a_forged_extra_hop_is_ignored(whoami):
     """A client sends its own X-Forwarded-* headers; a proxy adding to them keeps the
-    client's values first. The app trusts only the last one, the one nginx added."""
+    client's values first. The app trusts only the last one, the one nginx added, and
+    only in the headers nginx sets."""
     forged = {
         'X-Forwarded-For': '198.51.100.1, 203.0.113.7',
         'X-Forwarded-Proto': 'https, https',
         'X-Forwarded-Host': 'evil.example, example.com',
-        'X-Forwarded-Port': '443, 443',
+        'X-Forwarded-Port': '8443',  # nginx does not set it: not trusted
+        'X-Forwarded-Prefix': '/evil',
     }
     seen = whoami.get('/whoami', headers=forged).get_json()
-    assert seen == {'address': '203.0.113.7', 'scheme': 'https', 'host': 'example.com'}
+    assert seen == {
+        'address': '203.0.113.7',
+        'scheme': 'https',
+        'host': 'example.com',
+        'url': 'https://example.com/whoami',
+    }
 
 
 @pytest.mark.parametrize('host', ['evil.example', 'example.com.evil.example'])
