@@ -77,7 +77,13 @@ def read(path):
 
 
 def nft_tables():
-    return sorted(testserver.sh('nft', 'list', 'tables').splitlines())
+    """This machine's nft tables, less those of other runs' stand-in servers (they come
+    and go: the tests of another clone may run beside these)."""
+    return sorted(
+        line
+        for line in testserver.sh('nft', 'list', 'tables').splitlines()
+        if 'app_deploy_ts_' not in line or f'app_deploy_ts_{os.getpid()}_' in line
+    )
 
 
 def any_servers_left():
@@ -324,3 +330,24 @@ def test_a_server_that_does_not_boot_is_removed(monkeypatch):
         with testserver.running('broken'):
             pass
     assert ours(os.getpid(), 'broken') == NOTHING
+
+
+@pytest.mark.parametrize(
+    ('args', 'message'),
+    [
+        (['Staging'], "a server name is lower case letters and digits: not 'Staging'"),
+        (['staging', 'staging'], 'this process already runs a server named staging'),
+        (['staging', '--key', '{private}'], '{private} is not a public key: name the .pub file'),
+    ],
+    ids=['bad name', 'same name twice', 'private key'],
+)
+def test_bad_input_stops_with_one_line(tmp_path, args, message):
+    private = tmp_path / 'app_deploy'
+    testserver.sh('ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', private)
+    args = [arg.format(private=private) for arg in args]
+    command = [sys.executable, '-m', 'tools.testserver', *args]
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 1
+    assert stderr.splitlines()[-1] == f'testserver: {message.format(private=private)}'
+    assert ours(process.pid) == NOTHING

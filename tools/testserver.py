@@ -12,10 +12,10 @@ How a server is made (as root, on Linux; apt packages: debootstrap systemd-conta
 nftables zstd iproute2 openssh-client):
 
 - Its root filesystem: ``debootstrap --variant=minbase`` of Debian 12 with systemd, sshd
-  and python3, built once (about a minute) and kept as a zstd tarball in
+  and python3, built once (a minute or two) and kept as a zstd tarball (135 MB) in
   ``~/.cache/app-deploy/testserver/``. That folder outlives ``.nox/`` and the clone, so a
-  fresh clone or ``rm -rf .nox`` does not pay the minute again. Each server unpacks a
-  copy (about 5 s) into ``/tmp/app-deploy-testserver-<pid>-<name>/``.
+  fresh clone or ``rm -rf .nox`` does not build it again. Each server unpacks a copy
+  (3-5 s) into ``/tmp/app-deploy-testserver-<pid>-<name>/`` and boots to ssh in about 1 s.
 - Its network: a network namespace of its own, ``app-deploy-ts-<pid>-<name>``, with
   one end of a veth pair in it (``host0``, as systemd-nspawn names it) and the other on
   this machine (alias ``app-deploy-testserver <pid> <name>``), on a /24 of 10.213.0.0/16
@@ -148,7 +148,8 @@ def apt_sources():
 
 
 def mirrors():
-    """Debian's mirror and security mirror: this machine's if it uses Debian 12, else deb.debian.org."""
+    """Debian's mirror and security mirror: this machine's if it runs Debian 12, else
+    deb.debian.org's."""
     found = dict((suite, uri.rstrip('/')) for uri, suite in reversed(apt_sources()))
     return found.get(SUITE, DEFAULT_MIRROR), found.get(f'{SUITE}-security', DEFAULT_SECURITY)
 
@@ -176,6 +177,7 @@ def build(tarball):
         started = time.monotonic()
         debootstrap(rootfs, mirror)
         print(f'debootstrap took {time.monotonic() - started:.0f} s', file=sys.stderr)
+        started = time.monotonic()
         # What each copy gets its own of: host keys, machine id (made at first boot when
         # the file is empty), resolv.conf (debootstrap copied ours). And no package lists.
         for path in rootfs.glob('etc/ssh/ssh_host_*'):
@@ -189,6 +191,7 @@ def build(tarball):
         rootfs.chmod(0o755)  # mkdtemp made it 0700; it becomes the container's /
         sh(*TAR, '-I', 'zstd -T0 -3', '-C', rootfs, '-cf', partial, '.')
         partial.rename(tarball)
+        print(f'prepared and packed in {time.monotonic() - started:.0f} s', file=sys.stderr)
         for old in CACHE.glob('debian-*.tar.zst'):  # images of earlier versions
             if old != tarball:
                 old.unlink()
@@ -258,12 +261,8 @@ class Host:
     @property
     def ssh_options(self):
         """ssh's options for this server: its pinned host key, and the run's key."""
-        options = [
-            '-o',
-            f'UserKnownHostsFile={self.known_hosts}',
-            '-o',
-            'StrictHostKeyChecking=yes',
-        ]
+        options = ['-o', f'UserKnownHostsFile={self.known_hosts}']
+        options += ['-o', 'StrictHostKeyChecking=yes']  # refuse any other key, never add one
         if self.key:
             options += ['-i', str(self.key), '-o', 'IdentitiesOnly=yes']
         return options
@@ -313,6 +312,8 @@ def running(name, public_key=None):
     tarball = image()
     made = names(os.getpid(), name)
     folder, rootfs = made['folder'], made['folder'] / 'rootfs'
+    if folder.exists():
+        raise TestServerError(f'this process already runs a server named {name}')
     host = None
     try:
         folder.mkdir(mode=0o700)
@@ -400,11 +401,9 @@ def allow_mirror(table, address, mirror_addresses):
             FORWARD_MARK.write_text(forward.read_text())
             forward.write_text('1')
     mirror = ', '.join(mirror_addresses)
-    sh(
-        'nft',
-        '-f',
-        '-',
-        input=f"""
+    # Forwarded: the server's connections to the mirror and their replies pass; anything
+    # else from or to it is dropped (this machine's own ssh to it is not forwarded).
+    rules = f"""
         table ip {table} {{
             chain forward {{
                 type filter hook forward priority filter; policy accept;
@@ -418,8 +417,8 @@ def allow_mirror(table, address, mirror_addresses):
                 ip saddr {address} ip daddr {{ {mirror} }} masquerade
             }}
         }}
-    """,
-    )
+    """
+    sh('nft', '-f', '-', input=rules)
 
 
 def keys(folder, rootfs, name, address, public_key):
@@ -428,35 +427,34 @@ def keys(folder, rootfs, name, address, public_key):
     Returns (private key path or None, known_hosts path).
     """
     host_key = rootfs / 'etc/ssh/ssh_host_ed25519_key'
-    sh('ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', f'root@{name}', '-f', str(host_key))
+    keygen(host_key, f'root@{name}')
     algorithm, blob, *_ = host_key.with_suffix('.pub').read_text().split()
     known_hosts = folder / 'known_hosts'
     known_hosts.write_text(f'{address} {algorithm} {blob}\n')
     if public_key:
         public_key = Path(public_key).expanduser()
-        authorized = public_key.read_text()
+        try:
+            authorized = public_key.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise TestServerError(f'cannot read the public key {public_key}: {error}') from None
+        if not authorized.startswith(('ssh-', 'ecdsa-', 'sk-')):
+            raise TestServerError(f'{public_key} is not a public key: name the .pub file')
         private = public_key.with_suffix('')
         key = private if public_key.suffix == '.pub' and private.exists() else None
     else:
         key = folder / 'id_ed25519'
-        sh(
-            'ssh-keygen',
-            '-q',
-            '-t',
-            'ed25519',
-            '-N',
-            '',
-            '-C',
-            f'app-deploy-testserver-{name}',
-            '-f',
-            str(key),
-        )
+        keygen(key, f'app-deploy-testserver-{name}')
         authorized = key.with_suffix('.pub').read_text()
     ssh_dir = rootfs / 'root/.ssh'
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     (ssh_dir / 'authorized_keys').write_text(authorized)
     (ssh_dir / 'authorized_keys').chmod(0o600)
     return key, known_hosts
+
+
+def keygen(path, comment):
+    """A new ed25519 key pair, without a passphrase: ``path`` and ``path``.pub."""
+    sh('ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', comment, '-f', path)
 
 
 def configure(rootfs, name, address, gateway, mirror_hosts):
