@@ -3,16 +3,20 @@
     python tools/benchmark_production.py --bin PATH/TO/VENV/bin [--seconds 5] [--rounds 3]
 
 ``--bin`` is the bin folder of an environment with the stage's requirements (a nox
-stage session's, for one). The load comes from ``wrk`` (``apt-get install wrk``), which
-costs the 2 shared cores far less than a Python client would. Both servers run at once on the same database: ``flask run``
-(the development server, threaded) over HTTP and the stage's gunicorn behind nginx over
-HTTPS (see ``tools/production.py``). For GET / and for a POST of the form, at 1 and at
-50 concurrent clients, alone and with 20 slow clients attached (each sending a request
-body at 1 byte/s), it measures requests per second and the p50 and p99 latency, with wrk's keep-alive
-connections as the clients. Each measurement lasts ``--seconds``, and each row is the
-median of ``--rounds`` of them, the two servers taking turns; the table is empty of
-names before each. nginx's rate limit on posts is lifted for the run (it would
-answer most posts with 429): the POST rows measure serving, not limiting.
+stage session's, for one). Both servers run at once on the same database: ``flask run``
+(the development server, threaded) over HTTP, and the stage's gunicorn behind nginx
+over HTTPS (see ``tools/production.py``). For GET / and for a POST of the form, at 1
+and at 50 concurrent clients, alone and with 20 slow clients attached (each sending a
+request body at 1 byte/s), it measures requests per second, the p50 and p99 latency
+and the CPU time the server's processes spend per request (which other work on the
+machine disturbs far less than it does the rest).
+
+The load comes from ``wrk`` (``apt-get install wrk``), whose keep-alive connections
+are the clients; it costs the machine far less than a Python client would. Each
+measurement lasts ``--seconds``, each row is the median of ``--rounds`` of them, the
+two servers taking turns, and the table is emptied of names before each. nginx's rate
+limit on posts is lifted for the run (it would answer most posts with 429): the POST
+rows measure serving, not limiting.
 
 Prints a Markdown table and the machine it ran on.
 """
@@ -47,11 +51,21 @@ SLOW_CLIENTS = 20
 
 
 class Server:
-    """Where a server listens, and how to open a connection to it."""
+    """Where a server listens, how to open a connection to it, and its processes."""
 
-    def __init__(self, name, url, certificate=None):
-        self.name, self.url = name, urlsplit(url)
+    def __init__(self, name, url, masters, certificate=None):
+        self.name, self.url, self.masters = name, urlsplit(url), masters
         self.context = ssl.create_default_context(cafile=certificate) if certificate else None
+
+    def cpu_seconds(self):
+        """The CPU time its processes (the masters and their children) have used."""
+        pids = [*self.masters, *(pid for pid in self.masters for pid in production.children(pid))]
+        ticks = 0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                fields = Path(f'/proc/{pid}/stat').read_text().rpartition(')')[2].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime and stime
+        return ticks / os.sysconf('SC_CLK_TCK')
 
     def connect(self, timeout=30):
         host, port = self.url.hostname, self.url.port
@@ -117,13 +131,15 @@ def wrk_script(server, method, directory):
 
 
 def measure(server, method, clients, seconds, slow, directory):
-    """Requests per second, p50 and p99 in ms, and the failed requests (errors, 4xx, 5xx)."""
+    """Requests per second, p50 and p99 in ms, the server's CPU ms per request, and the
+    failed requests (errors, 4xx, 5xx)."""
     script = wrk_script(server, method, directory)
     stop = threading.Event()
     slow_threads = [threading.Thread(target=slow_client, args=(server, stop)) for _ in range(slow)]
     for thread in slow_threads:
         thread.start()
     time.sleep(1 if slow else 0)  # let them connect and start dribbling
+    cpu = server.cpu_seconds()
     try:
         threads = min(clients, 2)
         result = subprocess.run(
@@ -140,8 +156,9 @@ def measure(server, method, clients, seconds, slow, directory):
     figures = re.search(r'^RESULT (\d+) (\d+) (\d+) (\d+) (\d+)$', result.stdout, re.M)
     if not figures:
         sys.exit(f'wrk failed:\n{result.stdout}{result.stderr}')
+    cpu = server.cpu_seconds() - cpu
     requests, duration, p50, p99, failed = map(int, figures.groups())
-    return requests / duration * 1e6, p50 / 1000, p99 / 1000, failed
+    return requests / duration * 1e6, p50 / 1000, p99 / 1000, cpu / requests * 1000, failed
 
 
 def lift_post_limit(site):
@@ -165,7 +182,7 @@ def dev_server(stage_dir, bin_dir, database_url):
     )
     try:
         production.wait_until(lambda: socket_open(port), process, log, 'flask run')
-        yield f'http://127.0.0.1:{port}'
+        yield f'http://127.0.0.1:{port}', process.pid
     finally:
         production.stop(process, signal.SIGTERM)
 
@@ -194,20 +211,26 @@ def main():
         stage = shutil.copytree(args.stage, work / args.stage.name)
         env = {**os.environ, 'FLASK_APP': 'wsgi.py', 'FLASK_CONFIG': 'production'}
         env.update(PRODUCTION_DATABASE_URL=database, SECRET_KEY=secrets.token_hex(32))
-        subprocess.run(
-            [args.bin / 'flask', 'db', 'upgrade'],
-            cwd=stage,
-            env=env,
-            check=True,
-            capture_output=True,
+        env.update(TRUSTED_HOSTS='127.0.0.1')
+        upgrade = subprocess.run(
+            [args.bin / 'flask', 'db', 'upgrade'], cwd=stage, env=env, capture_output=True
         )
+        if upgrade.returncode != 0:
+            sys.exit(
+                f'flask db upgrade failed:\n{upgrade.stdout.decode()}{upgrade.stderr.decode()}'
+            )
         with (
-            dev_server(stage, args.bin, database) as dev_url,
+            dev_server(stage, args.bin, database) as (dev_url, dev_pid),
             production.serve(stage, args.bin, database, site_edit=lift_post_limit) as site,
         ):
             servers = [
-                Server('flask run', dev_url),
-                Server('nginx + gunicorn', site.https_url, site.certificate),
+                Server('flask run', dev_url, [dev_pid]),
+                Server(
+                    'nginx + gunicorn',
+                    site.https_url,
+                    [site.gunicorn_pid, site.nginx_pid],
+                    site.certificate,
+                ),
             ]
             load = os.getloadavg()[0]
             rows = []
@@ -236,9 +259,9 @@ def main():
 
 def median(runs):
     """The median of each figure over the runs; failed requests are summed."""
-    rates, p50s, p99s, failed = zip(*runs, strict=True)
+    rates, p50s, p99s, cpus, failed = zip(*runs, strict=True)
     middle = statistics.median
-    return middle(rates), middle(p50s), middle(p99s), sum(failed)
+    return middle(rates), middle(p50s), middle(p99s), middle(cpus), sum(failed)
 
 
 def report(rows, workers, args, load):
@@ -248,16 +271,19 @@ def report(rows, workers, args, load):
         f'sync workers; each row the median of {args.rounds} runs of {args.seconds} s.'
     )
     print()
-    print('| request | clients | slow clients | server | req/s | p50 ms | p99 ms | failed |')
-    print('| --- | ---: | ---: | --- | ---: | ---: | ---: | --- |')
-    for method, clients, slow, server, rate, p50, p99, failed in rows:
+    print(
+        '| request | clients | slow clients | server | req/s | p50 ms | p99 ms '
+        '| server CPU ms/req | failed |'
+    )
+    print('| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |')
+    for method, clients, slow, server, rate, p50, p99, cpu, failed in rows:
         print(
             f'| {method} / | {clients} | {slow} | {server} | {rate:.0f} | {p50:.1f} | '
-            f'{p99:.1f} | {failed} |'
+            f'{p99:.1f} | {cpu:.2f} | {failed} |'
         )
     print()
     by = {(m, c, s, server): rate for m, c, s, server, rate, *_ in rows}
-    p99s = {(m, c, s, server): p99 for m, c, s, server, _, _, p99, _ in rows}
+    p99s = {(m, c, s, server): p99 for m, c, s, server, _, _, p99, *_ in rows}
     for method in ('GET', 'POST'):
         ratio = by[method, 50, 0, 'nginx + gunicorn'] / by[method, 50, 0, 'flask run']
         moved = (
