@@ -23,6 +23,7 @@ def session_lines(block):
 
 def test_psql_creates_the_databases(reader, server):
     """The README's psql lines, run with names of our own on the test server."""
+    assert 'psql postgres' in readme_commands(reader.dir)  # a database every server has
     (sql,) = readme_blocks(reader.dir, 'sql')
     assert 'CREATE DATABASE app_deploy_development;' in sql
     assert 'CREATE DATABASE app_deploy_test;' in sql
