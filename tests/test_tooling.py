@@ -290,6 +290,22 @@ def test_a_role_that_may_not_create_databases_stops_the_run_in_one_line(server, 
     assert 'Traceback' not in output and 'collected' not in output  # stopped before pytest
 
 
+def test_an_unreachable_server_is_said_once(envdir):
+    url = f'postgresql://nobody@127.0.0.1:{free_port()}/none'  # nothing listens there
+    result = subprocess.run(
+        command('python3 noxfile.py -s stage01', envdir),
+        cwd=ROOT,
+        env=nox_env(APP_DEPLOY_POSTGRES_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert output.count(f'cannot connect to {url}') == 1, output
+    assert 'Traceback' not in output and 'collected' not in output
+
+
 def test_serve_on_a_database_of_another_role_says_so_in_one_line(database, role, envdir):
     postgres.execute(database, 'REVOKE CREATE ON SCHEMA public FROM PUBLIC')  # as from 15 on
     result = subprocess.run(
