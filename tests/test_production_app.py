@@ -6,8 +6,10 @@ gunicorn starting. The nginx side (headers, limits, load, reload) is test_servin
 The tests count status codes, never time anything.
 """
 
+import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 
@@ -16,7 +18,7 @@ import pytest
 import requests
 
 from tests.proxy import Proxy
-from tests.reader import stored_names
+from tests.reader import free_port, readme_blocks, stored_names, wait_for
 from tools import production
 
 pytestmark = pytest.mark.stages('05')
@@ -261,3 +263,42 @@ def test_the_server_installs_no_test_tools(stage_dir):
     assert 'pytest' not in runtime
     assert '-r requirements.txt' in dev
     assert any(line.startswith('pytest==') for line in dev)
+
+
+def test_readme_runs_gunicorn_by_hand(reader, database):
+    """The README's "Try gunicorn" block, typed into bash as it stands (the database
+    URL filled in, a free port in GUNICORN_BIND): the page and /health answer."""
+    (block,) = [body for body in readme_blocks(reader.dir, 'console') if 'gunicorn ' in body]
+    lines = block.splitlines()
+    assert lines[-1] == 'gunicorn --config gunicorn.conf.py wsgi:app'
+    url = next(line for line in lines if line.startswith('export PRODUCTION_DATABASE_URL='))
+    block = block.replace(url, f'export PRODUCTION_DATABASE_URL="{database}"')
+    reader.env.update(
+        FLASK_APP='wsgi.py', FLASK_CONFIG='production', SECRET_KEY=secrets.token_hex(32)
+    )
+    reader.env.update(PRODUCTION_DATABASE_URL=database, TRUSTED_HOSTS='127.0.0.1')
+    reader.run('flask db upgrade', preload=True)
+    for name in ('FLASK_CONFIG', 'SECRET_KEY', 'PRODUCTION_DATABASE_URL', 'TRUSTED_HOSTS'):
+        del reader.env[name]  # from the README's lines alone
+    port = free_port()
+    env = {**reader.env, 'GUNICORN_BIND': f'127.0.0.1:{port}'}
+    with open(reader.dir / 'gunicorn.log', 'w+') as log:
+        process = subprocess.Popen(
+            ['bash', '-c', block],
+            cwd=reader.dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            page = wait_for(f'http://127.0.0.1:{port}/', process)
+            assert page is not None, (reader.dir / 'gunicorn.log').read_text()
+            health = requests.get(f'http://127.0.0.1:{port}/health', timeout=30)
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)  # bash and gunicorn, started together
+            process.wait(60)
+        output = (reader.dir / 'gunicorn.log').read_text()
+    assert page.status_code == 200 and 'Hello World!' in page.text
+    assert health.json() == {'status': 'ok'}
+    assert '"GET / HTTP/1.1" 200' in output  # a line per request
