@@ -114,9 +114,7 @@ class ProductionConfig(Config):
                 'comma-separated: example.com,www.example.com'
             )
         if get_debug_flag():
-            raise ConfigError(
-                'FLASK_DEBUG is on; the debugger must never run in staging or production'
-            )
+            raise ConfigError('FLASK_DEBUG is on; no debugger in staging or production')
 
         # nginx is the one proxy in front of the app: trust the last value of the three
         # X-Forwarded-* headers it sets (deploy/nginx.conf), and no other header.
