@@ -36,13 +36,15 @@ def database_url(variable):
 class JournalFormatter(logging.Formatter):
     """Log lines as systemd's journal reads them: a ``<3>``-style priority, no time.
 
-    The journal stamps each line itself, and ``journalctl -p err`` filters on the priority.
+    The journal stamps each line itself, and ``journalctl -p err`` filters on the
+    priority; every line of a traceback gets it too, each being an entry of its own.
     """
 
     PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6}
 
     def format(self, record):
-        return f'<{self.PRIORITIES.get(record.levelno, 7)}>{super().format(record)}'
+        priority = f'<{self.PRIORITIES.get(record.levelno, 7)}>'
+        return priority + super().format(record).replace('\n', '\n' + priority)
 
 
 class Config:

@@ -74,9 +74,10 @@ def test_unexpected_error_gets_a_page_and_the_traceback_goes_to_the_log(producti
     page = response.get_data(as_text=True)
     assert '<h1>500 Internal Server Error</h1>' in page
     assert 'Traceback' not in page and 'secret detail' not in page
-    log = capfd.readouterr().err
+    log = capfd.readouterr().err.splitlines()
     assert '<3>app: Exception on /boom [GET]' in log  # journal style: priority, no time
-    assert 'RuntimeError: secret detail' in log
+    assert '<3>RuntimeError: secret detail' in log  # each line of the traceback too
+    assert all(line.startswith('<3>') for line in log), log
 
 
 # Pagination
