@@ -58,8 +58,9 @@ def main(path):
             pass
     parent = os.getppid()
     listener = socket.socket(socket.AF_UNIX)
-    listener.bind(path)
+    listener.bind(f'{path}.new')
     listener.listen()
+    os.rename(f'{path}.new', path)  # the client waits for this name: we listen already
     listener.settimeout(1)
     while os.getppid() == parent:
         try:
