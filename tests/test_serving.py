@@ -512,3 +512,127 @@ def test_systemd_unit_is_sandboxed(reader):
     )
     assert exposure, result.stdout + result.stderr
     assert float(exposure[1]) <= 2.0, result.stdout
+
+
+# The unit and the site for real, under systemd
+
+
+def test_unit_and_site_on_a_debian_server(reader, tmp_path):
+    """Install the unit and the site as a reader does, on a stand-in Debian 12 server that
+    boots systemd (``tools/testserver.py``), and serve through them. systemd-analyze
+    cannot tell whether the sandbox lets gunicorn run; this can."""
+    from tools import testserver
+
+    try:
+        testserver.check_machine()
+    except testserver.TestServerError as error:
+        pytest.skip(str(error))
+    wheels, cert = tmp_path / 'wheels', tmp_path / 'cert'
+    subprocess.run(  # the server reaches Debian's mirror only: bring the packages along
+        [sys.executable, '-m', 'pip', 'download', '-q', '-d', wheels, '--only-binary=:all:']
+        + ['--python-version', '3.11', '--implementation', 'cp', '--abi', 'cp311']
+        + ['--platform', 'manylinux2014_x86_64', '--platform', 'any']
+        + ['-r', reader.dir / 'requirements.txt'],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    cert.mkdir()
+    subprocess.run(
+        ['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1']
+        + ['-nodes', '-days', '2', '-subj', '/CN=example.com']
+        + ['-addext', 'subjectAltName=DNS:example.com']
+        + ['-keyout', cert / 'privkey.pem', '-out', cert / 'fullchain.pem'],
+        check=True,
+        capture_output=True,
+    )
+    password = secrets.token_hex(8)
+    (tmp_path / 'production.env').write_text(
+        f'SECRET_KEY={secrets.token_hex(32)}\nTRUSTED_HOSTS=example.com\n'
+        f'PRODUCTION_DATABASE_URL=postgresql://app_deploy:{password}@127.0.0.1/app_deploy\n'
+    )
+    probe = (
+        'import ssl, urllib.request as r; c = ssl.create_default_context(cafile='
+        "'/etc/letsencrypt/live/example.com/fullchain.pem'); "
+        "print(*(r.urlopen('https://example.com' + p, context=c).status for p in ('/', '/health')))"
+    )
+    with testserver.running('unit05') as host:
+
+        def ssh(command, timeout=600):
+            result = host.ssh(command, check=False, timeout=timeout)
+            assert result.returncode == 0, f'{command}\n{result.stdout}{result.stderr}'
+            return result.stdout.split()
+
+        def workers(done):
+            """Poll the master's workers until ``done(pids)``; return them."""
+            for _ in range(120):
+                pids = ssh(f'pgrep -P {master} || true')
+                if done(pids):
+                    break
+                time.sleep(0.5)
+            return pids
+
+        def copy(source, target):
+            ssh_options = [*host.ssh_options, '-o', 'BatchMode=yes']
+            subprocess.run(
+                ['scp', '-q', '-r', *ssh_options, source, f'root@{host.address}:{target}'],
+                check=True,
+                timeout=300,
+            )
+
+        ssh(
+            'DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive'
+            ' apt-get install -y -qq --no-install-recommends nginx postgresql >/dev/null 2>&1'
+        )
+        ssh(
+            'mkdir -p /etc/app-deploy /etc/letsencrypt/live && echo 127.0.0.1 example.com >> /etc/hosts'
+        )
+        copy(wheels, '/tmp/wheels')
+        copy(reader.dir, '/srv/app-deploy')
+        copy(cert, '/etc/letsencrypt/live/example.com')
+        copy(tmp_path / 'production.env', '/etc/app-deploy/production.env')
+        ssh(
+            'set -e; chmod 600 /etc/app-deploy/production.env; chown -R root:root /srv/app-deploy;'
+            ' useradd --system --no-create-home --shell /usr/sbin/nologin app-deploy;'
+            ' python3 -m venv /srv/app-deploy/.venv;'
+            ' /srv/app-deploy/.venv/bin/pip install -q --no-index -f /tmp/wheels'
+            ' -r /srv/app-deploy/requirements.txt;'
+            f' runuser -u postgres -- psql -q -c "CREATE ROLE app_deploy LOGIN PASSWORD \'{password}\'";'
+            ' runuser -u postgres -- createdb -O app_deploy app_deploy;'
+            ' cd /srv/app-deploy; set -a; . /etc/app-deploy/production.env; set +a;'
+            ' FLASK_APP=wsgi.py FLASK_CONFIG=production .venv/bin/flask db upgrade 2>/dev/null;'
+            ' cp deploy/app-deploy.service /etc/systemd/system/; systemctl daemon-reload;'
+            ' systemctl start app-deploy;'
+            ' cp deploy/nginx.conf /etc/nginx/sites-available/app-deploy;'
+            ' ln -s /etc/nginx/sites-available/app-deploy /etc/nginx/sites-enabled/;'
+            ' rm /etc/nginx/sites-enabled/default; nginx -t; systemctl reload nginx'
+        )
+        assert ssh(f'python3 -c "{probe}"') == ['200', '200']
+        assert ssh('stat -c "%a:%U:%G" /run/app-deploy') == ['750:app-deploy:www-data']
+        assert ssh('runuser -u nobody -- test -x /run/app-deploy || echo refused') == ['refused']
+        exposure = ' '.join(ssh('systemd-analyze security app-deploy | tail -1'))
+        assert float(re.search(r'app-deploy\.service: ([\d.]+)', exposure)[1]) <= 2.0, exposure
+
+        (master,) = ssh('systemctl show -p MainPID --value app-deploy')
+        count = 2 * int(ssh('nproc')[0]) + 1  # gunicorn.conf.py's default
+        before = workers(lambda pids: len(pids) == count)
+        ssh('systemctl reload app-deploy')  # HUP
+        after = workers(lambda pids: len(pids) == count and not set(pids) & set(before))
+        assert len(after) == count and not set(after) & set(before), (before, after)
+        assert ssh('systemctl show -p MainPID --value app-deploy') == [master]
+        assert ssh(f'python3 -c "{probe}"') == ['200', '200']
+
+        # A configuration error: five starts, one line each, then systemd gives up.
+        ssh('sed -i /^SECRET_KEY=/d /etc/app-deploy/production.env')
+        # Stopped, the unit is unloaded with its count of starts: five more are allowed.
+        ssh('systemctl stop app-deploy')
+        ssh('systemctl start app-deploy || true')
+        state = ssh(
+            'for i in $(seq 120); do systemctl is-failed -q app-deploy && break; sleep 0.5; done;'
+            ' systemctl is-active app-deploy || true'
+        )
+        assert state == ['failed']
+        lines = host.ssh('journalctl -u app-deploy -o cat --no-pager -q --since -90s').stdout
+        errors = [line for line in lines.splitlines() if 'SECRET_KEY' in line]
+        assert len(errors) == 5 and 'Start request repeated too quickly' in lines, lines
+        assert 'Traceback' not in lines
