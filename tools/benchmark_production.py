@@ -206,7 +206,7 @@ def main():
     server_url = postgres.server_url()
     name = postgres.unique_name('app_deploy_benchmark')
     database = postgres.create_database(server_url, name)
-    work = Path(tempfile.mkdtemp(prefix='app-deploy-benchmark-'))
+    work = Path(tempfile.mkdtemp(prefix='app-deploy-benchmark-production-'))
     try:
         stage = shutil.copytree(args.stage, work / args.stage.name)
         env = {**os.environ, 'FLASK_APP': 'wsgi.py', 'FLASK_CONFIG': 'production'}
