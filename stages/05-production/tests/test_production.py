@@ -111,6 +111,23 @@ def test_page_size_is_bounded_by_the_settings(app, client):
     assert page.count('<li>') == app.config['NAMES_PER_PAGE'] == 50
 
 
+def test_many_names_make_a_small_page(app, client):
+    """100,000 names made a 3 MB page; now a page holds 50 of them, whatever the count."""
+    with app.app_context():
+        db.session.execute(
+            db.text(
+                "INSERT INTO names (name) SELECT 'name ' || n FROM generate_series(1, 100000) n"
+            )
+        )
+        db.session.commit()
+    response = client.get('/')
+    assert response.status_code == 200
+    assert response.get_data(as_text=True).count('<li>') == 50
+    assert len(response.data) < 20_000
+    assert client.get('/?page=2000').status_code == 200  # the last page
+    assert client.get('/?page=2001').status_code == 404
+
+
 # Health
 
 
