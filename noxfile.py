@@ -127,9 +127,15 @@ def run_tests(session, target, *args, env=None):
 
 
 def test_stage(session, number):
-    """Install a stage from its requirements.txt alone and run the repository tests on it."""
+    """Install a stage from its requirements alone and run the repository tests on it.
+
+    From stage 05 on, requirements.txt is what the server installs and has no pytest;
+    requirements-dev.txt (which reads requirements.txt) adds it for the stage's own suite.
+    """
     server(session)  # first: a server that refuses stops the run before anything else
-    session.install('-r', str(STAGES[number] / 'requirements.txt'))
+    stage = STAGES[number]
+    dev = stage / 'requirements-dev.txt'
+    session.install('-r', str(dev if dev.exists() else stage / 'requirements.txt'))
     run_tests(session, number, *session.posargs, env={'APP_DEPLOY_STAGE_BIN': session.bin})
 
 

@@ -11,13 +11,24 @@ from tools.stages import ROOT, STAGES
 
 
 def pins(path):
-    """The ``name==version`` lines of a requirements file, by lower-case name."""
-    lines = Path(path).read_text().splitlines()
-    return {
-        line.split('==')[0].lower(): line.strip()
-        for line in lines
-        if line.strip() and not line.startswith('#')
-    }
+    """The ``name==version`` lines of a requirements file, by lower-case name; a
+    ``-r other.txt`` line brings in that file's."""
+    path = Path(path)
+    found = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith('-r '):
+            found.update(pins(path.parent / line[3:].strip()))
+        elif line and not line.startswith('#'):
+            found[line.split('==')[0].lower()] = line
+    return found
+
+
+def stage_pins(stage_dir):
+    """What a stage's environment.yml must pin: its development requirements where it
+    has them (stage 05 on: the server's plus pytest), else its requirements.txt."""
+    dev = stage_dir / 'requirements-dev.txt'
+    return pins(dev if dev.exists() else stage_dir / 'requirements.txt')
 
 
 def conda_pins(path, name):
@@ -44,8 +55,8 @@ def tooling_pins():
 
 @pytest.mark.stages('01', '02', '03', '04', '05', '06', '07', '08')
 def test_stage_environment_matches_requirements(stage_dir):
-    assert conda_pins(stage_dir / 'environment.yml', f'app-deploy-{stage_dir.name}') == pins(
-        stage_dir / 'requirements.txt'
+    assert conda_pins(stage_dir / 'environment.yml', f'app-deploy-{stage_dir.name}') == (
+        stage_pins(stage_dir)
     )
 
 
@@ -53,6 +64,6 @@ def test_stage_environment_matches_requirements(stage_dir):
 def test_root_environment_covers_every_stage_and_the_tooling():
     wanted = tooling_pins()
     for stage_dir in STAGES.values():
-        for name, pin in pins(stage_dir / 'requirements.txt').items():
+        for name, pin in stage_pins(stage_dir).items():
             assert wanted.setdefault(name, pin) == pin, f'stages disagree on {name}'
     assert conda_pins(ROOT / 'environment.yml', 'app-deploy') == wanted

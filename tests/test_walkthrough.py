@@ -7,7 +7,7 @@ import pytest
 from tests.reader import NAMES, listed_names, readme_blocks, readme_commands, stored_names
 from tools import postgres
 
-pytestmark = pytest.mark.stages('02', '03', '04')
+pytestmark = pytest.mark.stages('02', '03', '04', '05')
 
 
 def session_lines(block):
