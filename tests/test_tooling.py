@@ -8,6 +8,7 @@ import fcntl
 import os
 import pty
 import re
+import select
 import shlex
 import signal
 import socket
@@ -337,6 +338,7 @@ def test_a_second_run_waits_for_the_first_and_says_so(envdir):
             stderr=subprocess.PIPE,
             text=True,
         )
+        assert select.select([second.stderr], [], [], 60)[0], 'said nothing in 60 s'
         first_line = second.stderr.readline()
         assert 'Waiting for the other run (PID 4242)' in first_line
         assert '--envdir' in first_line  # how to run beside it instead
