@@ -5,13 +5,14 @@ the stage, and the server that ``tools.postgres`` picks.
 """
 
 import os
+import secrets
 import sys
 from pathlib import Path
 
 import pytest
 
 from tests.reader import Reader, new_database
-from tools import postgres, run
+from tools import postgres, production, run
 from tools.stages import STAGES
 
 # SIGTERM and SIGHUP (nox stopped, a terminal closed) stop the tests as Ctrl-C does:
@@ -89,6 +90,25 @@ def module_database(server):
 @pytest.fixture
 def reader(stage_dir, stage_bin, tmp_path):
     return Reader(stage_dir, tmp_path, stage_bin)
+
+
+@pytest.fixture
+def production_env(reader, database):
+    """The stage copy set up as on a server (stage 05 on): production settings, tables
+    migrated. For tools/production.py, which serves it behind nginx."""
+    try:
+        production.nginx_binary()
+    except production.NginxMissing as error:
+        pytest.skip(str(error))
+    reader.env.update(
+        FLASK_APP='wsgi.py',
+        FLASK_CONFIG='production',
+        PRODUCTION_DATABASE_URL=database,
+        SECRET_KEY=secrets.token_hex(32),
+        TRUSTED_HOSTS='127.0.0.1',
+    )
+    reader.run('flask db upgrade', preload=True)
+    return reader
 
 
 SKIPPED = []

@@ -3,7 +3,6 @@ changed without a migration, a migration PostgreSQL refuses."""
 
 import os
 import shlex
-import subprocess
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -24,16 +23,16 @@ pytestmark = pytest.mark.stages('04')
 FIRST = '2bb91fbfa392'  # the revision that creates the names table as stage 03 made it
 
 
-def pg_dump(*args):
-    """Run the pg_dump that comes with the embedded server (new enough for any server)."""
-    command = [postgres.psql().parent / 'pg_dump', *args]
-    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
-
-
 def names_table(url):
-    """The SQL that makes the names table, as pg_dump writes it (comments left out)."""
-    dump = pg_dump('--schema-only', '--no-owner', '--table=names', url)
-    return [line for line in dump.splitlines() if line and not line.startswith(('--', '\\'))]
+    """What PostgreSQL says of the names table: columns, constraints and indexes."""
+    queries = [
+        'SELECT column_name, data_type, character_maximum_length, is_nullable, column_default'
+        " FROM information_schema.columns WHERE table_name = 'names' ORDER BY ordinal_position",
+        'SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint'
+        " WHERE conrelid = 'names'::regclass ORDER BY conname",
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'names' ORDER BY indexname",
+    ]
+    return [postgres.execute(url, query) for query in queries]
 
 
 @pytest.fixture

@@ -27,24 +27,6 @@ TOKEN = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 UNAVAILABLE = 'The database cannot be reached right now.'
 
 
-@pytest.fixture
-def deployed(reader, database):
-    """The stage copy set up as on the server: production settings, tables migrated."""
-    try:
-        production.nginx_binary()
-    except production.NginxMissing as error:
-        pytest.skip(str(error))
-    reader.env.update(
-        FLASK_APP='wsgi.py',
-        FLASK_CONFIG='production',
-        PRODUCTION_DATABASE_URL=database,
-        SECRET_KEY=secrets.token_hex(32),
-        TRUSTED_HOSTS='127.0.0.1',
-    )
-    reader.run('flask db upgrade', preload=True)
-    return reader
-
-
 class Browser:
     """One browser of the site: its own cookies, the throwaway certificate trusted."""
 
@@ -86,8 +68,8 @@ def assert_no_traceback(pages):
         assert not re.search(r'Traceback|File "/|psycopg2|sqlalchemy', page.text), page.text
 
 
-def test_locked_table_gives_the_503_page_instead_of_a_hung_request(deployed, database):
-    with production.serve(deployed.dir, deployed.bin, database) as site:
+def test_locked_table_gives_the_503_page_instead_of_a_hung_request(production_env, database):
+    with production.serve(production_env.dir, production_env.bin, database) as site:
         browser = Browser(site)
         assert browser.submit('before').status_code == 302
         token_page = browser.get()
@@ -118,11 +100,11 @@ def test_locked_table_gives_the_503_page_instead_of_a_hung_request(deployed, dat
     assert_no_traceback(browser.pages)
 
 
-def test_database_outage_gives_503_and_recovers_without_a_restart(deployed, database):
+def test_database_outage_gives_503_and_recovers_without_a_restart(production_env, database):
     proxy = Proxy(database)
     proxy.start()
     try:
-        with production.serve(deployed.dir, deployed.bin, proxy.url) as site:
+        with production.serve(production_env.dir, production_env.bin, proxy.url) as site:
             browser = Browser(site)
             assert browser.submit('before').status_code == 302
             workers = site.worker_pids()
@@ -145,13 +127,13 @@ def test_database_outage_gives_503_and_recovers_without_a_restart(deployed, data
     assert_no_traceback(browser.pages)
 
 
-def test_silent_database_gives_503_after_connect_timeout(deployed, database):
+def test_silent_database_gives_503_after_connect_timeout(production_env, database):
     """A database host that accepts connections and never answers: without
     connect_timeout the worker hangs until gunicorn kills it and nginx answers 502."""
     proxy = Proxy(database)
     proxy.start()
     try:
-        with production.serve(deployed.dir, deployed.bin, proxy.url) as site:
+        with production.serve(production_env.dir, production_env.bin, proxy.url) as site:
             browser = Browser(site)
             assert browser.get().status_code == 200
             proxy.stop()
@@ -170,12 +152,12 @@ def test_silent_database_gives_503_after_connect_timeout(deployed, database):
     assert_no_traceback(browser.pages)
 
 
-def gunicorn(deployed, env, socket_path):
+def gunicorn(production_env, env, socket_path):
     """Start gunicorn as the unit does, without nginx; return how it ended."""
     return subprocess.run(
-        [deployed.bin / 'gunicorn', '--config', 'gunicorn.conf.py', 'wsgi:app'],
-        cwd=deployed.dir,
-        env={**deployed.env, 'GUNICORN_BIND': f'unix:{socket_path}', **env},
+        [production_env.bin / 'gunicorn', '--config', 'gunicorn.conf.py', 'wsgi:app'],
+        cwd=production_env.dir,
+        env={**production_env.env, 'GUNICORN_BIND': f'unix:{socket_path}', **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -193,16 +175,18 @@ def gunicorn(deployed, env, socket_path):
     ],
     ids=['no FLASK_CONFIG', 'SECRET_KEY dev', 'SECRET_KEY 31 bytes', 'no TRUSTED_HOSTS', 'debug'],
 )
-def test_configuration_error_stops_gunicorn_with_one_line(deployed, tmp_path, change, message):
+def test_configuration_error_stops_gunicorn_with_one_line(
+    production_env, tmp_path, change, message
+):
     for name, value in change.items():
-        deployed.env.pop(name, None)
+        production_env.env.pop(name, None)
         if value is not None:
-            deployed.env[name] = value
-    result = gunicorn(deployed, {}, tmp_path / 'gunicorn.sock')
+            production_env.env[name] = value
+    result = gunicorn(production_env, {}, tmp_path / 'gunicorn.sock')
     assert result.returncode != 0
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert lines == [lines[0]] and lines[0].startswith(message), lines
-    assert deployed.env.get('SECRET_KEY', '-') not in lines[0]  # the key is never printed
+    assert production_env.env.get('SECRET_KEY', '-') not in lines[0]  # the key is never printed
 
 
 def http_over_unix(path, request):
@@ -217,10 +201,10 @@ def http_over_unix(path, request):
 
 
 @pytest.mark.parametrize('host', ['evil.example', '127.0.0.1.evil.example'])
-def test_unknown_host_is_refused_by_flask_too(deployed, database, host):
+def test_unknown_host_is_refused_by_flask_too(production_env, database, host):
     """nginx closes the connection on an unknown Host; should a request reach gunicorn
     some other way, Flask's TRUSTED_HOSTS refuses it."""
-    with production.serve(deployed.dir, deployed.bin, database) as site:
+    with production.serve(production_env.dir, production_env.bin, database) as site:
         socket_path = site.dir / 'gunicorn.sock'
         headers = 'X-Forwarded-Proto: https\r\nConnection: close\r\n'
         good = http_over_unix(socket_path, f'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n')
@@ -236,8 +220,8 @@ def test_unknown_host_is_refused_by_flask_too(deployed, database, host):
         assert b'Traceback' not in answer
 
 
-def test_error_pages_name_the_error_and_nothing_is_stored_twice(deployed, database):
-    with production.serve(deployed.dir, deployed.bin, database) as site:
+def test_error_pages_name_the_error_and_nothing_is_stored_twice(production_env, database):
+    with production.serve(production_env.dir, production_env.bin, database) as site:
         browser = Browser(site)
         names = [f'reader {number}' for number in range(5)]
         for name in names:

@@ -39,24 +39,6 @@ SECURITY_HEADERS = {
 
 
 @pytest.fixture
-def production_env(reader, database):
-    """The stage copy set up as on the server: production settings, tables migrated."""
-    try:
-        production.nginx_binary()
-    except production.NginxMissing as error:
-        pytest.skip(str(error))
-    reader.env.update(
-        FLASK_APP='wsgi.py',
-        FLASK_CONFIG='production',
-        PRODUCTION_DATABASE_URL=database,
-        SECRET_KEY=secrets.token_hex(32),
-        TRUSTED_HOSTS='127.0.0.1',
-    )
-    reader.run('flask db upgrade')
-    return reader
-
-
-@pytest.fixture
 def site(production_env, database):
     with production.serve(production_env.dir, production_env.bin, database) as site:
         yield site
@@ -417,22 +399,6 @@ def wait_for_workers(site, done, seconds=45):
 
 
 # gunicorn on its own
-
-
-def test_configuration_error_stops_gunicorn_with_one_line(production_env):
-    env = {key: value for key, value in production_env.env.items() if key != 'SECRET_KEY'}
-    result = subprocess.run(
-        [production_env.bin / 'gunicorn', '--config', 'gunicorn.conf.py', 'wsgi:app'],
-        cwd=production_env.dir,
-        env={**env, 'GUNICORN_BIND': f'unix:{production_env.dir}/gunicorn.sock'},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    lines = (result.stdout + result.stderr).strip().splitlines()
-    assert len(lines) == 1, lines
-    assert 'SECRET_KEY' in lines[0]
 
 
 def test_no_shared_control_socket(production_env, database, tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.reader import readme_commands
+from tests.reader import readme_commands, tables
 from tools import postgres
 
 pytestmark = pytest.mark.stages('03', '04', '05')
@@ -17,8 +17,7 @@ def test_own_suite_passes_and_leaves_the_database_empty(reader, database):
     assert result.returncode == 0, result.stdout + result.stderr
     assert ' passed' in result.stdout.splitlines()[-1]
     assert ' skipped' not in result.stdout.splitlines()[-1]
-    tables = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-    assert postgres.execute(database, tables) == []
+    assert tables(database) == []
 
 
 def test_own_suite_stops_at_once_without_a_test_database(reader):
@@ -44,5 +43,4 @@ def test_own_suite_refuses_a_database_that_has_tables(reader, database):
     result = reader.run('pytest -p no:cacheprovider', check=False)
     assert result.returncode == 4
     assert 'already has tables (keep_me)' in result.stdout + result.stderr
-    tables = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-    assert postgres.execute(database, tables) == [('keep_me',)]
+    assert tables(database) == ['keep_me']

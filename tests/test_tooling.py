@@ -197,13 +197,10 @@ def test_database_names_are_checked_and_quoted(server, database):
 
 
 # Files that still name a database of their own, until they use tests.reader.
-NAMING_THEIR_OWN = {'test_walkthrough.py'}  # its psql test: to move to database_prefix()
-
-
 def test_every_database_of_the_tests_has_the_run_prefix():
     """Only tests/reader.py names the databases the tests make (with the run's prefix)."""
     for path in (ROOT / 'tests').glob('*.py'):
-        if path.name not in {'reader.py', 'test_tooling.py', *NAMING_THEIR_OWN}:
+        if path.name not in {'reader.py', 'test_tooling.py'}:
             text = path.read_text()
             assert 'create_database(' not in text, path.name
             assert "unique_name('" not in text, path.name

@@ -4,7 +4,14 @@ import subprocess
 
 import pytest
 
-from tests.reader import NAMES, listed_names, readme_blocks, readme_commands, stored_names
+from tests.reader import (
+    NAMES,
+    database_prefix,
+    listed_names,
+    readme_blocks,
+    readme_commands,
+    stored_names,
+)
 from tools import postgres
 
 pytestmark = pytest.mark.stages('02', '03', '04', '05')
@@ -27,7 +34,7 @@ def test_psql_creates_the_databases(reader, server):
     (sql,) = readme_blocks(reader.dir, 'sql')
     assert 'CREATE DATABASE app_deploy_development;' in sql
     assert 'CREATE DATABASE app_deploy_test;' in sql
-    prefix = postgres.unique_name('app_deploy_psql')
+    prefix = postgres.unique_name(database_prefix())
     sql = sql.replace('app_deploy_', f'{prefix}_')
     try:
         result = subprocess.run(
