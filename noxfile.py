@@ -248,6 +248,15 @@ def diff(session):
     print(stage_diff(STAGES[session.posargs[0]], STAGES[session.posargs[1]]), end='')
 
 
+@nox.session(venv_backend='none', allow_parallel=False)
+def testserver(session):
+    """Boot stand-in servers for Part 6 until Ctrl-C: -- staging production [--key FILE.pub]."""
+    names = session.posargs or ['staging']
+    session.run(
+        sys.executable, '-m', 'tools.testserver', *names, terminate_timeout=CLEANUP_SECONDS
+    )
+
+
 @nox.session(allow_parallel=True)
 def lint(session):
     """Check style with ruff: the stages, the tests and the tooling."""

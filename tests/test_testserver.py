@@ -21,9 +21,10 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from tools import testserver
+from tools import run, testserver
 from tools.stages import ROOT
 
 pytestmark = pytest.mark.stages('repo')
@@ -240,9 +241,10 @@ def test_nothing_is_left_after_the_servers_stop(servers):
 class Command:
     """``python3 -m tools.testserver ARGS``, in a session of its own, as in a terminal."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, command=(sys.executable, '-m', 'tools.testserver'), env=None):
         self.process = subprocess.Popen(
-            [sys.executable, '-m', 'tools.testserver', *args],
+            [*command, *args],
+            env=env,
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -300,6 +302,27 @@ def test_the_command_runs_until_stopped(command, signum, group):
     assert server.stop(signum, group) == 0
     print(f'stopped and removed in {time.monotonic() - started:.1f} s')
     assert ours(server.process.pid) == NOTHING
+
+
+def test_the_nox_session_runs_until_ctrl_c(tmp_path):
+    """`python3 noxfile.py -s testserver -- staging`: a run of its own, in its own folder
+    (the run these tests are part of holds .nox/)."""
+    nox = (sys.executable, 'noxfile.py', '--envdir', str(tmp_path), '-s', 'testserver', '--')
+    env = {key: value for key, value in os.environ.items() if key != run.RUN_VARIABLE}
+    server = Command('staging', command=nox, env=env)
+    try:
+        assert server.wait_for('Log in with').strip().startswith('ssh ')
+        (module,) = [
+            child
+            for child in psutil.Process(server.process.pid).children(recursive=True)
+            if 'tools.testserver' in child.cmdline()
+        ]
+        assert server.stop(signal.SIGINT, group=True) == 0
+        assert ours(module.pid) == NOTHING
+    finally:
+        if server.process.poll() is None:
+            server.stop(signal.SIGTERM)
+        testserver.sweep_stale()
 
 
 def test_what_a_killed_run_left_is_removed_by_the_next(command):
