@@ -120,7 +120,8 @@ def test_database_outage_gives_503_and_recovers_without_a_restart(production_env
             assert browser.get('/health').json() == {'status': 'ok'}
             assert browser.submit('after').status_code == 302
             assert browser.get().status_code == 200
-            assert site.worker_pids() == workers  # no worker was restarted
+            # No worker was restarted (one more may have started since: they start apace).
+            assert set(workers) <= set(site.worker_pids())
     finally:
         proxy.stop()
     assert stored_names(database) == ['before', 'after']
