@@ -66,7 +66,8 @@ LISTING = bool(
 )
 # One run at a time per environment folder; SIGTERM and SIGHUP stop the run as Ctrl-C
 # does; the folders of killed runs are deleted (tools/run.py).
-if run.begin(Path((option(ARGV, '--envdir') or ['.nox'])[-1]).resolve(), COMMAND, LISTING):
+OWNER = run.begin(Path((option(ARGV, '--envdir') or ['.nox'])[-1]).resolve(), COMMAND, LISTING)
+if OWNER:
     # At the end of the run, drop what a killed session left on the reader's server.
     atexit.register(postgres.drop_run_databases)
 
@@ -82,6 +83,13 @@ nox.options.sessions = [*(f'stage{number}' for number in STAGES), 'lint', 'docs'
 # own; one session named with -s runs here, its output shown as it comes.
 if len(option(ARGV, '-s', '-e', '--session', '--sessions')) != 1:
     nox.options.parallel = 'auto'
+    # Check the reader's server once, first: one that refuses stops the whole run with
+    # one line, rather than each session side by side with a line of its own.
+    if OWNER and not LISTING and os.environ.get(postgres.SERVER_VARIABLE):
+        try:
+            postgres.server_url()
+        except postgres.ServerError as error:
+            sys.exit(f'nox > {error}')
 
 
 def fail(session, message):

@@ -92,14 +92,14 @@ def test_model_changed_without_a_migration_fails_the_check(reader, database):
 @pytest.fixture
 def role_without_create(server, database):
     """A login role that may connect to ``database`` but not create tables in it."""
-    role = postgres.unique_name(database_prefix())  # checked: letters, digits and _ only
-    postgres.execute(server, f'CREATE ROLE {role} LOGIN')
+    role = postgres.unique_name(database_prefix())
+    postgres.create_role(server, role)
     try:
         parts = urlsplit(database)
         host = parts.netloc.rpartition('@')[2]
         yield urlunsplit(parts._replace(netloc=f'{role}@{host}'))
     finally:
-        postgres.execute(server, f'DROP ROLE {role}')
+        postgres.drop_role(server, role)
 
 
 def test_refused_migration_says_why_in_one_line_and_changes_nothing(reader, role_without_create):

@@ -271,9 +271,13 @@ def role(server):
     postgres.drop_role(server, name)
 
 
-def test_a_role_that_may_not_create_databases_stops_the_run_in_one_line(server, role, envdir):
+@pytest.mark.parametrize('line', ['python3 noxfile.py -s stage02', 'python3 noxfile.py'])
+def test_a_role_that_may_not_create_databases_stops_the_run_in_one_line(
+    server, role, envdir, line
+):
+    """One session, or the whole run with its sessions side by side: one line, at once."""
     result = subprocess.run(
-        command('python3 noxfile.py -s stage02', envdir),
+        command(line, envdir),
         cwd=ROOT,
         env=nox_env(APP_DEPLOY_POSTGRES_URL=as_role(server, role)),
         capture_output=True,
