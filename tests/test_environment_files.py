@@ -53,7 +53,7 @@ def tooling_pins():
     return tools
 
 
-@pytest.mark.stages('01', '02', '03', '04', '05', '06', '07', '08')
+@pytest.mark.stages(*STAGES)
 def test_stage_environment_matches_requirements(stage_dir):
     assert conda_pins(stage_dir / 'environment.yml', f'app-deploy-{stage_dir.name}') == (
         stage_pins(stage_dir)
