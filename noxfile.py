@@ -277,6 +277,8 @@ def lint(session):
 def docs(session):
     """Build the docs with mkdocs --strict into site/; test the docs and tooling."""
     session.install('-r', 'docs/requirements.txt')
+    # The workflow checkers of tests/test_workflows.py: for the tests, not the site.
+    session.install('check-jsonschema==0.39.0', 'zizmor==1.32.0')
     session.run('mkdocs', 'build', '--strict', *session.posargs, env=DOCS_ENV)
     run_tests(session, 'repo')
 

@@ -1,0 +1,167 @@
+"""The repository's own GitHub Actions workflows (.github/workflows/), checked offline.
+
+check-jsonschema validates each against GitHub's workflow schema (it ships the schema:
+a typo'd key, an unknown event); zizmor --offline audits it (unpinned actions, checkout
+credentials left on disk, template injection, excessive permissions). nox -s docs
+installs both. A runner, the postgres service container and Pages itself only a real
+GitHub run can check.
+"""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.reader import FENCE
+from tools.stages import ROOT
+
+pytestmark = pytest.mark.stages('repo')
+
+FOLDER = ROOT / '.github' / 'workflows'
+WORKFLOWS = sorted(FOLDER.glob('*.y*ml'))
+USES = re.compile(r'^\s*(- )?uses:', re.MULTILINE)
+PINNED = re.compile(r'^\s*(- )?uses: [\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+(\.\d+)*$')
+# A line that runs the README's test command as it stands (not echoed, no arguments).
+RUNS_TEST_COMMAND = re.compile(r'^(?!\s*(#|echo ))(.*\s)?python3 noxfile\.py$', re.MULTILINE)
+
+
+def tool(name):
+    path = shutil.which(name)
+    if not path:
+        pytest.skip(f'{name} is not installed: run these tests with nox -s docs')
+    return path
+
+
+def check_jsonschema(path):
+    """GitHub's workflow schema, vendored in check-jsonschema (no network)."""
+    command = [tool('check-jsonschema'), '--verbose', '--builtin-schema']
+    command += ['vendor.github-workflows', str(path)]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def zizmor(path):
+    """zizmor's findings of medium severity or above; exit code 0 when there are none."""
+    command = [tool('zizmor'), '--offline', '--min-severity', 'medium', '--color', 'never']
+    return subprocess.run([*command, str(path)], capture_output=True, text=True)
+
+
+def load(path):
+    workflow = yaml.safe_load(path.read_text())
+    workflow['on'] = workflow.pop(True, workflow.get('on'))  # YAML 1.1 reads `on` as true
+    return workflow
+
+
+def steps(workflow):
+    return [step for job in workflow['jobs'].values() for step in job.get('steps', [])]
+
+
+def uses(action, steps):
+    return [step for step in steps if step.get('uses', '').startswith(f'{action}@')]
+
+
+def changed(tmp_path, old, new):
+    """tests.yml with one change, written into ``tmp_path``."""
+    text = (FOLDER / 'tests.yml').read_text()
+    assert old in text
+    path = tmp_path / 'tests.yml'
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def test_the_workflows_are_there():
+    assert {path.name for path in WORKFLOWS} >= {'tests.yml', 'docs.yml'}
+
+
+@pytest.mark.parametrize('path', WORKFLOWS, ids=lambda path: path.name)
+def test_workflow_passes_the_schema(path):
+    result = check_jsonschema(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize('path', WORKFLOWS, ids=lambda path: path.name)
+def test_workflow_has_no_zizmor_finding_of_medium_severity_or_above(path):
+    result = zizmor(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize('path', WORKFLOWS, ids=lambda path: path.name)
+def test_workflow_pins_actions_and_limits_what_its_jobs_may_do(path):
+    text, workflow = path.read_text(), load(path)
+    lines = [line for line in text.splitlines() if USES.match(line)]
+    assert len(lines) == len([step for step in steps(workflow) if 'uses' in step])
+    for line in lines:
+        assert PINNED.match(line), f'{path.name}: not a commit SHA and its version: {line}'
+    for name, job in workflow['jobs'].items():
+        assert 'permissions' in job or 'permissions' in workflow, f'{path.name}: {name}'
+    for step in uses('actions/checkout', steps(workflow)):
+        assert step.get('with', {}).get('persist-credentials') is False, path.name
+
+
+def test_a_typo_d_key_fails_the_schema(tmp_path):
+    result = check_jsonschema(changed(tmp_path, 'runs-on:', 'runs-onn:'))
+    assert result.returncode == 1
+    assert "Additional properties are not allowed ('runs-onn' was unexpected)" in result.stdout
+
+
+def test_an_unknown_event_fails_the_schema(tmp_path):
+    result = check_jsonschema(changed(tmp_path, '\n  push:\n', '\n  pushh:\n'))
+    assert result.returncode == 1
+    assert "Additional properties are not allowed ('pushh' was unexpected)" in result.stdout
+
+
+def test_an_unpinned_action_fails_zizmor(tmp_path):
+    text = (FOLDER / 'tests.yml').read_text()
+    pinned = re.search(r'actions/checkout@[0-9a-f]{40} # v[\d.]+', text)[0]
+    result = zizmor(changed(tmp_path, pinned, 'actions/checkout@v7'))
+    assert result.returncode != 0
+    assert 'error[unpinned-uses]' in result.stdout
+
+
+def test_a_checkout_that_keeps_its_credentials_fails_zizmor(tmp_path):
+    keep = '        with:\n          persist-credentials: false\n'
+    result = zizmor(changed(tmp_path, keep, ''))
+    assert result.returncode != 0
+    assert '[artipacked]' in result.stdout
+
+
+def test_tests_workflow_runs_the_readme_test_command():
+    readme = (ROOT / 'README.md').read_text()
+    quick_start = readme.split('\n## Quick start\n')[1].split('\n## ')[0]
+    blocks = [body for _, language, body in FENCE.findall(quick_start) if language == 'console']
+    assert 'python3 noxfile.py' in [line for block in blocks for line in block.splitlines()]
+    workflow = load(FOLDER / 'tests.yml')
+    assert {'push', 'pull_request'} <= set(workflow['on'])
+    assert uses('actions/setup-python', steps(workflow))
+    runs = '\n'.join(step.get('run', '') for step in steps(workflow))
+    ci_run = (ROOT / '.ci' / 'run').read_text()
+    # Directly, or through .ci/run (which also installs the apt packages the tests need).
+    assert RUNS_TEST_COMMAND.search(runs) or (
+        re.search(r'(^|\s)\.ci/run$', runs, re.MULTILINE) and RUNS_TEST_COMMAND.search(ci_run)
+    ), 'tests.yml runs neither python3 noxfile.py nor .ci/run'
+    # .ci/run's second pass uses the PostgreSQL at 127.0.0.1:5432: the service container.
+    if 'postgresql://postgres@127.0.0.1:5432/' in ci_run:
+        (job,) = workflow['jobs'].values()
+        assert '5432:5432' in job['services']['postgres']['ports']
+
+
+def test_docs_workflow_builds_strictly_and_only_its_deploy_job_writes():
+    workflow = load(FOLDER / 'docs.yml')
+    assert workflow['on']['push'] == {'branches': ['main']}
+    build = [step.get('run') for step in workflow['jobs']['build']['steps']]
+    assert build.index('pip install -r docs/requirements.txt') < build.index(
+        'mkdocs build --strict'
+    )
+    (upload,) = uses('actions/upload-pages-artifact', steps(workflow))
+    assert upload['with']['path'] == yaml.safe_load((ROOT / 'mkdocs.yml').read_text()).get(
+        'site_dir', 'site'
+    )
+    for name, job in workflow['jobs'].items():
+        permissions = job.get('permissions', workflow['permissions'])
+        writes = {scope for scope, access in permissions.items() if access == 'write'}
+        deploys = bool(uses('actions/deploy-pages', job['steps']))
+        assert writes == ({'pages', 'id-token'} if deploys else set()), name
+        if deploys:
+            assert job['environment']['name'] == 'github-pages'
+            assert job['needs'] == 'build'
