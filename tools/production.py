@@ -36,6 +36,13 @@ SOCKET = 'unix:/run/app-deploy/gunicorn.sock'
 CERTIFICATE = '/etc/letsencrypt/live/example.com/fullchain.pem'
 KEY = '/etc/letsencrypt/live/example.com/privkey.pem'
 SERVER_NAME = 'server_name example.com;'
+# From stage 06 on the site is a template that deploy/provision.py fills in: fill it in
+# as stage 05's file reads, then change that as above.
+TEMPLATE = {
+    '{{ env }}.sock': 'gunicorn.sock',
+    '{{ certificate }}': '/etc/letsencrypt/live/example.com',
+    '{{ domain }}': 'example.com',
+}
 
 # The folders nginx writes to: in the run's folder, not in /var/lib/nginx.
 TEMP_PATHS = """
@@ -133,6 +140,8 @@ def substitute(text, old, new, count=1):
 def render_site(site_file, *, http_port, https_port, socket_path, certificate, key):
     """The production site file, filled in for a loopback run."""
     text = Path(site_file).read_text()
+    for placeholder, value in TEMPLATE.items():
+        text = text.replace(placeholder, value)
     text = substitute(text, IPV6_LISTEN, '', count=4)
     text = substitute(text, HTTP_LISTEN, rf'\g<1>127.0.0.1:{http_port}', count=2)
     text = substitute(text, HTTPS_LISTEN, rf'\g<1>127.0.0.1:{https_port}', count=2)

@@ -1,0 +1,615 @@
+"""Stage 06 end to end: provision two stand-in servers and deploy to them with pyinfra.
+
+Two Debian 12 servers boot with systemd (tools/testserver.py): staging and production.
+The tests run the stage's commands as a reader does, from a git copy of the stage:
+`python3 build.py`, then `pyinfra inventory.py provision.py|release.py|rollback.py` in
+deploy/. They share the servers, in the order below: provisioning, the first deploys,
+a release with a migration under load, the faults, and what must hold at the end.
+They need root, systemd-nspawn and the rest (tools/testserver.py); about 3 minutes.
+"""
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import urllib3
+
+from tests.reader import listed_names
+from tools import testserver
+
+pytestmark = pytest.mark.stages('06')
+
+DOMAINS = {'staging': 'staging.app-deploy.test', 'production': 'www.app-deploy.test'}
+# The README's commands, in deploy/ (the tests add --key, and -y: do not ask).
+KEYSCAN = 'ssh-keyscan -t ed25519 "$STAGING_HOST" "$PRODUCTION_HOST" > known_hosts'
+FINGERPRINTS = 'ssh-keygen -lf known_hosts'
+RUNS = [
+    'pip install -r deploy/requirements.txt',  # the nox session, from requirements-dev.txt
+    'cd deploy',  # Project.run
+    'export STAGING_HOST=staging.example.com',  # a stand-in's address, in Project.env
+    'export PRODUCTION_HOST=example.com',
+    KEYSCAN,
+    FINGERPRINTS,
+    'pyinfra inventory.py provision.py',
+    'python3 build.py',
+    'pyinfra inventory.py release.py --limit staging',
+    'pyinfra inventory.py release.py --limit production',
+    'pyinfra inventory.py rollback.py --limit production',
+]
+# certbot needs a domain that Let's Encrypt can reach; the stand-ins have none.
+NOT_RUN = [
+    'sudo apt install certbot',
+    'sudo certbot certonly --webroot -w /var/www/letsencrypt -d example.com'
+    ' --deploy-hook "systemctl reload nginx"',
+]
+NAMES = ['Foobar', 'Mark', 'Joanna']
+CLIENTS = 20
+# A release with a migration that the running release can live with: a new column,
+# nullable, that it does not know about.
+MIGRATION = '''"""A note for each name (test release)"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = 'a1b2c3d4e5f6'
+down_revision = '948a6eac32b5'
+
+
+def upgrade():
+    op.add_column('names', sa.Column('note', sa.Text(), nullable=True))
+
+
+def downgrade():
+    op.drop_column('names', 'note')
+'''
+FAILING_MIGRATION = MIGRATION.replace(
+    "op.add_column('names', sa.Column('note', sa.Text(), nullable=True))",
+    "op.execute('SELECT 1/0')",
+)
+
+
+@pytest.fixture(scope='module')
+def servers(tmp_path_factory):
+    """The two stand-in servers, booted with one ssh key made for the run."""
+    try:
+        testserver.check_machine()
+    except testserver.TestServerError as error:
+        pytest.skip(str(error))
+    keys = tmp_path_factory.mktemp('keys')
+    subprocess.run(
+        ['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', keys / 'id_ed25519'], check=True
+    )
+    with contextlib.ExitStack() as stack:
+        hosts = {
+            env: stack.enter_context(testserver.running(env, keys / 'id_ed25519.pub'))
+            for env in DOMAINS
+        }
+        for env, host in hosts.items():
+            print(env, ', '.join(f'{step}: {took:.1f} s' for step, took in host.timings.items()))
+        yield hosts
+
+
+class Project:
+    """A reader's project: a git copy of the stage, deployed with its deploy/ commands."""
+
+    def __init__(self, stage_dir, folder, bin_dir, servers):
+        self.folder, self.servers, self.outputs = folder, servers, []
+        shutil.copytree(stage_dir, folder, ignore=shutil.ignore_patterns('__pycache__', '.venv'))
+        self.key = servers['staging'].key
+        self.env = {**os.environ, 'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}'}
+        for env, host in servers.items():
+            self.env[f'{env.upper()}_HOST'] = host.address
+            self.env[f'{env.upper()}_DOMAIN'] = DOMAINS[env]
+        # The README's two steps that pin the servers' keys: fetch them, then compare
+        # their fingerprints with those the servers have (here, those they were made with).
+        self.run('bash', '-c', KEYSCAN)
+        fingerprints = self.run(*FINGERPRINTS.split()).stdout.split()
+        for host in servers.values():
+            pinned = subprocess.run(
+                ['ssh-keygen', '-lf', host.known_hosts], capture_output=True, text=True
+            )
+            assert pinned.stdout.split()[1] in fingerprints
+        self.git('init', '--quiet')
+        self.commit('The stage, as the reader has it, its servers known')
+
+    def git(self, *args):
+        subprocess.run(['git', *args], cwd=self.folder, check=True, capture_output=True)
+
+    def commit(self, message, files=None):
+        for path, text in (files or {}).items():
+            (self.folder / path).write_text(text)
+        self.git('add', '--all')
+        self.git(
+            *('-c', 'user.name=Reader', '-c', 'user.email=reader@example.com'),
+            *('commit', '--quiet', '--allow-empty', '-m', message),
+        )
+
+    def build(self, message=None, files=None):
+        """Commit ``files`` ({path: text}), build a release of it, return its name."""
+        if message:
+            self.commit(message, files)
+        result = self.run('python3', 'build.py')
+        return result.stdout.strip().splitlines()[-1]
+
+    def run(self, *command, check=True, timeout=300):
+        result = subprocess.run(
+            command,
+            cwd=self.folder / 'deploy',
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # pyinfra's progress, with the results
+            text=True,
+            timeout=timeout,
+        )
+        self.outputs.append(result.stdout)
+        if check and result.returncode:
+            raise AssertionError(f'{shlex.join(command)} failed:\n{result.stdout}')
+        return result
+
+    @staticmethod
+    def pyinfra_command(deploy, env, key=''):
+        """``pyinfra inventory.py DEPLOY [--limit ENV]`` as the README has it, with the
+        run's key and -y (do not ask first)."""
+        limit = ['--limit', env] if env else []
+        return ['pyinfra', 'inventory.py', deploy, *limit, '--key', str(key), '-y']
+
+    def pyinfra(self, deploy, env=None, *args, check=True, **kwargs):
+        """Run ``pyinfra inventory.py DEPLOY`` for ``env`` (both when None)."""
+        command = self.pyinfra_command(deploy, env, self.key)
+        return self.run(*command, *args, check=check, **kwargs)
+
+    def popen_pyinfra(self, deploy, env, *args):
+        return subprocess.Popen(
+            [*self.pyinfra_command(deploy, env, self.key), *args],
+            cwd=self.folder / 'deploy',
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+def ssh(host, command, **kwargs):
+    return host.ssh(command, **kwargs).stdout.strip()
+
+
+def current(host, env):
+    """The release that ``current`` points to on ``host``."""
+    return Path(ssh(host, f'readlink /srv/app-deploy/{env}/current')).name
+
+
+class Site:
+    """The site of one environment over HTTPS, its certificate checked."""
+
+    def __init__(self, host, env, certificate):
+        self.domain = DOMAINS[env]
+        self.pool = urllib3.HTTPSConnectionPool(
+            host.address,
+            443,
+            maxsize=CLIENTS,
+            ca_certs=str(certificate),
+            server_hostname=self.domain,
+            assert_hostname=self.domain,
+            timeout=urllib3.Timeout(connect=5, read=40),
+            retries=False,
+        )
+
+    def get(self, path='/', **kwargs):
+        return self.pool.request('GET', path, headers={'Host': self.domain}, **kwargs)
+
+    def add(self, name):
+        """Type ``name`` into the form and send it, as a browser does."""
+        page = self.get()
+        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.data.decode())
+        cookie = page.headers['Set-Cookie'].split(';')[0]
+        answer = self.pool.request(
+            'POST',
+            '/',
+            fields={'csrf_token': token[1], 'name': name},
+            encode_multipart=False,
+            headers={'Host': self.domain, 'Cookie': cookie, 'Referer': f'https://{self.domain}/'},
+            redirect=False,
+        )
+        assert answer.status == 302, answer.data.decode()
+
+    def names(self):
+        return listed_names(self.get().data.decode())
+
+    def wait(self, seconds=60):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with contextlib.suppress(urllib3.exceptions.HTTPError):
+                if self.get('/health').status == 200:
+                    return
+            time.sleep(0.5)
+        raise AssertionError(f'{self.domain} did not answer /health in {seconds} s')
+
+
+@pytest.fixture(scope='module')
+def project(stage_dir, stage_bin, servers, tmp_path_factory):
+    return Project(stage_dir, tmp_path_factory.mktemp('project') / 'app', stage_bin, servers)
+
+
+@pytest.fixture(scope='module')
+def provisioned(project):
+    """Both servers provisioned; the outputs of the first and the second run."""
+    started = time.monotonic()
+    first = project.pyinfra('provision.py')
+    started = timed('provision, first run', started)
+    second = project.pyinfra('provision.py')
+    started = timed('provision, second run', started)
+    return first.stdout, second.stdout
+
+
+@pytest.fixture(scope='module')
+def sites(provisioned, servers, tmp_path_factory):
+    folder = tmp_path_factory.mktemp('certificates')
+    made = {}
+    for env, host in servers.items():
+        (folder / env).write_text(ssh(host, 'cat /etc/app-deploy/tls/fullchain.pem') + '\n')
+        made[env] = Site(host, env, folder / env)
+    return made
+
+
+@pytest.fixture(scope='module')
+def first_release(project, sites):
+    """The stage deployed to staging, then production; names typed into production."""
+    started = time.monotonic()
+    name = project.build()
+    started = timed('build', started)
+    project.pyinfra('release.py', 'staging')
+    started = timed('first deploy to staging', started)
+    project.pyinfra('release.py', 'production')
+    started = timed('first deploy to production', started)
+    for typed in NAMES:
+        sites['production'].add(typed)
+    return name
+
+
+def timed(step, started):
+    """Say how long ``step`` took (pytest -s shows it); restart the clock."""
+    print(f'{step}: {time.monotonic() - started:.1f} s')
+    return time.monotonic()
+
+
+def results(output):
+    """pyinfra's results table's last row: (success, error, no change) of all hosts."""
+    row = re.search(r'Grand total\s+\d+\s+(\S+)\s+(\S+)\s+(\S+)', output)
+    return tuple(0 if cell == '-' else int(cell) for cell in row.groups())
+
+
+def test_the_readme_commands_are_those_run_here(stage_dir):
+    readme = (stage_dir / 'README.md').read_text()
+    section = readme.split('## Deploy it')[1].split('\n## ')[0]
+    commands = [
+        line
+        for block in re.findall(r'```console\n(.*?)```', section, re.S)
+        for line in block.splitlines()
+    ]
+    assert sorted(commands) == sorted(RUNS + NOT_RUN)
+    for command in RUNS:  # the pyinfra ones, as Project.pyinfra makes them
+        if command.startswith('pyinfra '):
+            deploy, _, env = command.removeprefix('pyinfra inventory.py ').partition(' --limit ')
+            assert Project.pyinfra_command(deploy, env or None)[:-3] == command.split()
+
+
+# --- Provisioning ----------------------------------------------------------------------
+
+
+def test_provisioning_a_second_time_changes_nothing(provisioned):
+    first, second = provisioned
+    assert results(first)[0] > 0
+    assert results(second)[:2] == (0, 0), second
+
+
+def test_the_secrets_are_made_on_the_server_for_the_app_user_alone(provisioned, servers):
+    for env, host in servers.items():
+        owner = ssh(host, f'stat -c "%U %a" /etc/app-deploy/{env}.env')
+        assert owner == 'app-deploy 600'
+        settings = dict(
+            line.split('=', 1) for line in ssh(host, f'cat /etc/app-deploy/{env}.env').splitlines()
+        )
+        assert len(settings['SECRET_KEY']) == 64
+        assert settings['TRUSTED_HOSTS'] == DOMAINS[env]
+        # The password works, over TCP, for the role that owns the database.
+        url = settings[f'{env.upper()}_DATABASE_URL']
+        assert ssh(host, f"psql '{url}' -tAc 'SELECT current_user'") == f'app_deploy_{env}'
+    staging = ssh(servers['staging'], 'cat /etc/app-deploy/staging.env')
+    assert staging != ssh(servers['production'], 'cat /etc/app-deploy/production.env')
+
+
+def test_the_firewall_lets_in_ssh_http_and_https_alone(provisioned, servers):
+    host = servers['production']
+    ssh(host, 'systemd-run --unit=probe -p RuntimeMaxSec=60 python3 -m http.server 8081')
+    try:
+        ssh(host, 'until ss -ltn | grep -q :8081; do sleep 0.1; done', timeout=10)
+        for port, reachable in ((22, True), (80, True), (443, True), (8081, False)):
+            try:
+                socket.create_connection((host.address, port), timeout=2).close()
+                answered = True
+            except OSError:
+                answered = False
+            assert answered == reachable, f'port {port}'
+    finally:
+        ssh(host, 'systemctl stop probe', check=False)
+
+
+# --- Deploying -------------------------------------------------------------------------
+
+
+def test_staging_then_production_run_the_release(first_release, servers, sites):
+    for env, host in servers.items():
+        assert current(host, env) == first_release
+        assert sites[env].get('/health').json() == {'status': 'ok'}
+    assert sites['production'].names() == NAMES[::-1]
+    assert sites['staging'].names() == []  # a database of its own
+
+
+def test_the_app_runs_as_its_own_user_behind_the_socket(first_release, servers):
+    host = servers['production']
+    main = ssh(host, 'systemctl show -p MainPID --value app-deploy@production')
+    users = ssh(host, f'ps -o user= --pid {main} --ppid {main}').split()
+    assert set(users) == {'app-deploy'} and len(users) > 1
+    assert ssh(host, 'stat -c "%U %G %a" /run/app-deploy/production.sock') == 'root www-data 660'
+    # The units as systemd reads them: no warning, and stage 05's sandbox.
+    verify = host.ssh(
+        'systemd-analyze verify app-deploy@production.service app-deploy@production.socket'
+    )
+    assert verify.stdout + verify.stderr == ''
+    security = ssh(host, 'systemd-analyze security app-deploy@production.service')
+    assert float(re.search(r'Overall exposure level .*: ([\d.]+)', security)[1]) < 2
+
+
+def test_production_takes_only_what_staging_ran(project, first_release, servers):
+    name = project.build('A release staging has not seen', {'NOTES.txt': 'new\n'})
+    result = project.pyinfra('release.py', 'production', '--data', f'release={name}', check=False)
+    assert result.returncode != 0
+    assert f'staging has not run {name}; deploy it there first' in result.stdout
+    assert current(servers['production'], 'production') == first_release
+
+
+def test_a_release_with_a_migration_drops_no_request(project, first_release, servers, sites):
+    name = project.build(
+        'A column for notes', {'migrations/versions/2026_11_25_a1b2c3d4e5f6_note.py': MIGRATION}
+    )
+    project.pyinfra('release.py', 'staging')
+    assert current(servers['staging'], 'staging') == name
+
+    site, stop, failures, served = sites['production'], threading.Event(), [], []
+
+    def client():
+        deadline = time.monotonic() + 300
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                status = site.get('/').status
+                (served if status == 200 else failures).append(status)
+            except urllib3.exceptions.HTTPError as error:
+                failures.append(repr(error))
+
+    clients = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    for thread in clients:
+        thread.start()
+    try:
+        time.sleep(1)
+        started = time.monotonic()
+        project.pyinfra('release.py', 'production')
+        timed('deploy with a migration to production, under load', started)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join()
+    print(f'{len(served)} requests served, {len(failures)} failed during the deploy')
+    assert failures == [] and len(served) > 100
+    assert current(servers['production'], 'production') == name
+    assert site.names() == NAMES[::-1]
+    columns = ssh(
+        servers['production'],
+        'runuser -u postgres -- psql -tAc "SELECT column_name FROM information_schema.columns'
+        " WHERE table_name = 'names'\" app_deploy_production",
+    )
+    assert 'note' in columns.split()
+
+
+# --- Faults ----------------------------------------------------------------------------
+
+
+def test_a_release_that_fails_its_health_check_is_rolled_back(project, first_release, servers):
+    host = servers['staging']
+    before = current(host, 'staging')
+    health = (project.folder / 'app' / 'health.py').read_text()
+    broken = health.replace("'ok'}", "'ok'}, 503", 1)
+    assert broken != health
+    name = project.build('A health check that fails', {'app/health.py': broken})
+    result = project.pyinfra('release.py', 'staging', '--data', f'release={name}', check=False)
+    assert result.returncode != 0
+    output = result.stdout
+    assert f'{name} failed its health check; rolled back to {before}' in output
+    assert current(host, 'staging') == before
+    assert name not in ssh(host, 'ls /srv/app-deploy/staging/releases')
+    project.commit('The health check fixed', {'app/health.py': health})
+
+
+def test_a_failing_migration_changes_nothing(project, first_release, servers, sites):
+    host = servers['staging']
+    before = current(host, 'staging')
+    name = project.build(
+        'A migration that fails',
+        {
+            'migrations/versions/2026_11_25_b2c3d4e5f6a7_fails.py': FAILING_MIGRATION.replace(
+                "'a1b2c3d4e5f6'\ndown_revision = '948a6eac32b5'",
+                "'b2c3d4e5f6a7'\ndown_revision = 'a1b2c3d4e5f6'",
+            )
+        },
+    )
+    result = project.pyinfra('release.py', 'staging', '--data', f'release={name}', check=False)
+    output = result.stdout
+    assert result.returncode != 0
+    assert 'the migration failed; nothing was changed' in output
+    assert f'flask db upgrade failed; staging still runs {before}' in output
+    assert 'Traceback' not in output
+    assert current(host, 'staging') == before
+    assert sites['staging'].get('/health').status == 200
+    # and production will not take it
+    result = project.pyinfra('release.py', 'production', '--data', f'release={name}', check=False)
+    assert f'staging has not run {name}' in result.stdout
+    (project.folder / 'migrations/versions/2026_11_25_b2c3d4e5f6a7_fails.py').unlink()
+    project.commit('The failing migration dropped')
+
+
+@pytest.mark.parametrize('fault', ['unreachable host', 'wrong key', 'unknown host key'])
+def test_a_server_that_cannot_be_reached_safely_is_left_alone(
+    project, first_release, servers, sites, fault, tmp_path
+):
+    host = servers['production']
+    before = current(host, 'production')
+    known_hosts = project.folder / 'deploy' / 'known_hosts'
+    saved = known_hosts.read_text()
+    args, expected = (
+        [],
+        {
+            'unreachable host': 'Could not connect ([Errno None] Unable to connect to port 22',
+            'wrong key': 'Authentication error (username=root',
+            'unknown host key': f'No host key for {host.address} found in known_hosts',
+        }[fault],
+    )
+    env = dict(project.env)
+    try:
+        if fault == 'unreachable host':
+            # An address on production's network that nothing answers at.
+            project.env['PRODUCTION_HOST'] = host.address.rsplit('.', 1)[0] + '.3'
+        elif fault == 'wrong key':
+            subprocess.run(
+                ['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', tmp_path / 'other'],
+                check=True,
+            )
+            args = ['--key', str(tmp_path / 'other')]
+        else:
+            known_hosts.write_text(servers['staging'].known_hosts.read_text())
+        result = project.pyinfra('rollback.py', 'production', *args, check=False, timeout=120)
+    finally:
+        project.env = env
+        known_hosts.write_text(saved)
+    output = result.stdout
+    assert result.returncode != 0
+    assert expected in output, output
+    assert 'Traceback' not in output
+    assert current(host, 'production') == before
+    assert sites['production'].get('/health').status == 200
+
+
+def test_a_full_disk_stops_the_deploy(project, first_release, servers, sites):
+    host = servers['production']
+    before = current(host, 'production')
+    name = project.build('Another release', {'NOTES.txt': 'another\n'})
+    project.pyinfra('release.py', 'staging', '--data', f'release={name}')
+    releases = '/srv/app-deploy/production/releases'
+    # The releases folder on a tmpfs with room for what it holds, plus 10 MB.
+    ssh(
+        host,
+        f'set -e; used=$(du -sm {releases} | cut -f1); mkdir -p /run/full;'
+        f' mount -t tmpfs -o size=$((used + 10))m tmpfs /run/full;'
+        f' cp -a {releases}/. /run/full/; mount --bind /run/full {releases}',
+    )
+    try:
+        result = project.pyinfra('release.py', 'production', check=False)
+    finally:
+        ssh(host, f'umount {releases}; umount /run/full', check=False)
+    output = result.stdout
+    assert result.returncode != 0
+    assert '(is the disk full? df -h /srv/app-deploy/production)' in output, output
+    assert current(host, 'production') == before
+    assert name not in ssh(host, f'ls {releases}')
+    assert sites['production'].get('/health').status == 200
+
+
+def test_a_second_deploy_started_meanwhile_stops_at_once(project, first_release, servers):
+    host = servers['staging']
+    first = project.build('A first release', {'NOTES.txt': 'first\n'})
+    second = project.build('A second release', {'NOTES.txt': 'second\n'})
+    running = project.popen_pyinfra('release.py', 'staging', '--data', f'release={first}')
+    try:
+        lock = '/run/lock/app-deploy-staging.lock'
+        ssh(host, f'while flock --nonblock {lock} true; do sleep 0.05; done', timeout=60)
+        result = project.pyinfra(
+            'release.py', 'staging', '--data', f'release={second}', check=False
+        )
+    finally:
+        output, _ = running.communicate(timeout=300)
+    assert running.returncode == 0, output
+    assert result.returncode != 0
+    assert 'another deploy to staging is running; try again when it ends' in result.stdout
+    assert current(host, 'staging') == first
+    assert ssh(host, 'ls -A /srv/app-deploy/staging/uploads') == ''
+
+
+# --- Rollback, restarts, what is kept ------------------------------------------------
+
+
+def test_rollback_by_hand(project, first_release, servers, sites):
+    host = servers['production']
+    newest = current(host, 'production')
+    started = time.monotonic()
+    project.pyinfra('rollback.py', 'production')
+    timed('rollback', started)
+    assert current(host, 'production') == first_release
+    assert sites['production'].names() == NAMES[::-1]
+    result = project.pyinfra(
+        'release.py', 'production', '--data', f'release={newest}', check=False
+    )
+    assert f'production has {newest} already; to run it again: rollback' in result.stdout
+    project.pyinfra('rollback.py', 'production', '--data', f'release={newest}')
+    assert current(host, 'production') == newest
+
+
+def test_systemd_restarts_a_killed_gunicorn(first_release, servers, sites):
+    host = servers['production']
+    unit = 'app-deploy@production'
+    before = ssh(host, f'systemctl show -p MainPID --value {unit}')
+    ssh(host, f'systemctl kill --kill-whom=main --signal=KILL {unit}')
+    deadline = time.monotonic() + 30
+    while ssh(host, f'systemctl show -p MainPID --value {unit}') in (before, '0'):
+        assert time.monotonic() < deadline, 'gunicorn did not come back'
+        time.sleep(0.2)
+    sites['production'].wait()
+
+
+def test_the_app_comes_back_after_a_reboot(first_release, servers, sites):
+    host = servers['production']
+    started = time.monotonic()
+    ssh(host, 'systemctl reboot', check=False)
+    time.sleep(2)
+    testserver.wait_for_ssh(host)
+    sites['production'].wait(seconds=90)
+    timed('reboot until /health answers', started)
+    assert sites['production'].names() == NAMES[::-1]
+
+
+def test_the_newest_five_releases_are_kept(project, first_release, servers):
+    host = servers['staging']
+    for number in range(5):
+        project.build(f'Release {number}', {'NOTES.txt': f'{number}\n'})
+        project.pyinfra('release.py', 'staging')
+    releases = ssh(host, 'ls /srv/app-deploy/staging/releases').split()
+    assert len(releases) == 5
+    assert current(host, 'staging') == releases[-1]
+
+
+def test_nothing_secret_in_the_repository_the_output_or_the_releases(project, servers):
+    for env, host in servers.items():
+        settings = ssh(host, f'cat /etc/app-deploy/{env}.env').splitlines()
+        secrets = [line.split('=', 1)[1] for line in settings if 'TRUSTED' not in line]
+        password = re.search(r'://[^:]+:([^@]+)@', secrets[1])[1]
+        for secret in (secrets[0], password):
+            assert not any(secret in output for output in project.outputs)
+            for path in project.folder.rglob('*'):
+                assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+            found = host.ssh(f'grep -rlF -- {secret} /srv/app-deploy', check=False)
+            assert found.returncode == 1, found.stdout
