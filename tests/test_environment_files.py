@@ -44,11 +44,15 @@ def conda_pins(path, name):
 
 
 def tooling_pins():
-    """What the noxfile itself installs: its script dependencies, ruff and the docs."""
+    """What the noxfile itself installs: its script dependencies, the tools its sessions
+    install (ruff, the workflow checkers) and the docs' requirements."""
     noxfile = (ROOT / 'noxfile.py').read_text()
     dependencies = script_dependencies(ROOT / 'noxfile.py')
     tools = {spec.split('==')[0].lower(): spec for spec in dependencies}
-    tools.update(ruff=re.search(r"'(ruff==[\d.]+)'", noxfile)[1])
+    # What its sessions install by name: ruff, the workflow checkers.
+    tools.update(
+        {pin.split('==')[0].lower(): pin for pin in re.findall(r"'([\w.-]+==[\d.]+)'", noxfile)}
+    )
     tools.update(pins(ROOT / 'docs' / 'requirements.txt'))
     return tools
 
