@@ -341,6 +341,22 @@ def test_the_firewall_lets_in_ssh_http_and_https_alone(provisioned, servers):
         ssh(host, 'systemctl stop probe', check=False)
 
 
+def test_http_sends_browsers_to_https_but_answers_certbot(provisioned, servers):
+    host, domain = servers['production'], DOMAINS['production']
+    challenge = '/.well-known/acme-challenge/test-token'
+    ssh(host, f'install -D -m 644 /dev/null /var/www/letsencrypt{challenge}')
+    ssh(host, f'echo proof > /var/www/letsencrypt{challenge}')
+    try:
+        plain = urllib3.HTTPConnectionPool(host.address, 80, retries=False, timeout=5)
+        answer = plain.request('GET', challenge, headers={'Host': domain})
+        assert (answer.status, answer.data) == (200, b'proof\n')
+        answer = plain.request('GET', '/?page=2', headers={'Host': domain}, redirect=False)
+        assert answer.status == 308
+        assert answer.headers['Location'] == f'https://{domain}/?page=2'
+    finally:
+        ssh(host, 'rm -r /var/www/letsencrypt/.well-known')
+
+
 # --- Deploying -------------------------------------------------------------------------
 
 
