@@ -88,6 +88,12 @@ NOT_RUN = {
     'sudo apt install postgresql': 'installs a system package',
     'brew install postgresql@18': 'macOS only',
     'brew services start postgresql@18': 'macOS only',
+    'ssh-add ~/.ssh/app_deploy': 'asks for the passphrase of your own key; test_deploy.py'
+    ' gives pyinfra its key with --key',
+    'python3 noxfile.py -s testserver -- staging production --key ~/.ssh/app_deploy.pub': (
+        'runs until Ctrl-C, as root; test_testserver.py runs the session with one server'
+        " and lets a reader's key in through --key"
+    ),
 }
 # The steps that differ by system: the Windows line names the administrator, and the
 # Debian/Ubuntu line runs the macOS one as the system user postgres.
