@@ -31,6 +31,7 @@ DOMAINS = {'staging': 'staging.app-deploy.test', 'production': 'www.app-deploy.t
 # The README's commands, in deploy/ (the tests add --key, and -y: do not ask).
 KEYSCAN = 'ssh-keyscan -t ed25519 "$STAGING_HOST" "$PRODUCTION_HOST" > known_hosts'
 FINGERPRINTS = 'ssh-keygen -lf known_hosts'
+PIN = 'git add known_hosts && git commit -m "Pin the servers\' host keys"'
 RUNS = [
     'pip install -r deploy/requirements.txt',  # the nox session, from requirements-dev.txt
     'cd deploy',  # Project.run
@@ -38,6 +39,7 @@ RUNS = [
     'export PRODUCTION_HOST=example.com',
     KEYSCAN,
     FINGERPRINTS,
+    PIN,
     'pyinfra inventory.py provision.py',
     'python3 build.py',
     'pyinfra inventory.py release.py --limit staging',
@@ -107,8 +109,15 @@ class Project:
         for env, host in servers.items():
             self.env[f'{env.upper()}_HOST'] = host.address
             self.env[f'{env.upper()}_DOMAIN'] = DOMAINS[env]
-        # The README's two steps that pin the servers' keys: fetch them, then compare
-        # their fingerprints with those the servers have (here, those they were made with).
+        for role in ('AUTHOR', 'COMMITTER'):
+            self.env.update(
+                {f'GIT_{role}_NAME': 'Reader', f'GIT_{role}_EMAIL': 'reader@example.com'}
+            )
+        self.git('init', '--quiet')
+        self.commit('The stage, as the reader has it')
+        # The README's steps that pin the servers' keys: fetch them, compare their
+        # fingerprints with those the servers have (here, those they were made with),
+        # commit them.
         self.run('bash', '-c', KEYSCAN)
         fingerprints = self.run(*FINGERPRINTS.split()).stdout.split()
         for host in servers.values():
@@ -116,20 +125,18 @@ class Project:
                 ['ssh-keygen', '-lf', host.known_hosts], capture_output=True, text=True
             )
             assert pinned.stdout.split()[1] in fingerprints
-        self.git('init', '--quiet')
-        self.commit('The stage, as the reader has it, its servers known')
+        self.run('bash', '-c', PIN)
 
     def git(self, *args):
-        subprocess.run(['git', *args], cwd=self.folder, check=True, capture_output=True)
+        subprocess.run(
+            ['git', *args], cwd=self.folder, env=self.env, check=True, capture_output=True
+        )
 
     def commit(self, message, files=None):
         for path, text in (files or {}).items():
             (self.folder / path).write_text(text)
         self.git('add', '--all')
-        self.git(
-            *('-c', 'user.name=Reader', '-c', 'user.email=reader@example.com'),
-            *('commit', '--quiet', '--allow-empty', '-m', message),
-        )
+        self.git('commit', '--quiet', '--allow-empty', '-m', message)
 
     def build(self, message=None, files=None):
         """Commit ``files`` ({path: text}), build a release of it, return its name."""
@@ -355,6 +362,36 @@ def test_http_sends_browsers_to_https_but_answers_certbot(provisioned, servers):
         assert answer.headers['Location'] == f'https://{domain}/?page=2'
     finally:
         ssh(host, 'rm -r /var/www/letsencrypt/.well-known')
+
+
+def test_a_certificate_from_certbot_is_served_and_left_alone(project, provisioned, servers):
+    host, domain = servers['production'], DOMAINS['production']
+    live = f'/etc/letsencrypt/live/{domain}'
+    # As certbot leaves it: the files in archive/, symbolic links to them in live/.
+    ssh(
+        host,
+        f'set -e; mkdir -p /etc/letsencrypt/archive/{domain} {live}; cd /etc/letsencrypt;'
+        ' openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2'
+        f' -subj /CN=certbot -keyout archive/{domain}/privkey1.pem'
+        f' -out archive/{domain}/fullchain1.pem 2>/dev/null;'
+        f' ln -s ../../archive/{domain}/privkey1.pem {live}/privkey.pem;'
+        f' ln -s ../../archive/{domain}/fullchain1.pem {live}/fullchain.pem',
+    )
+    before = ssh(host, f'sha256sum /etc/letsencrypt/archive/{domain}/*')
+    project.env['PRODUCTION_CERTIFICATE'] = live
+    try:
+        project.pyinfra('provision.py', 'production')
+        served = ssh(
+            host,
+            f'openssl s_client -connect 127.0.0.1:443 -servername {domain} </dev/null'
+            ' 2>/dev/null | openssl x509 -noout -subject',
+        )
+        assert 'CN = certbot' in served
+        assert ssh(host, f'sha256sum /etc/letsencrypt/archive/{domain}/*') == before
+    finally:
+        del project.env['PRODUCTION_CERTIFICATE']
+        project.pyinfra('provision.py', 'production')  # back to the self-signed one
+        ssh(host, 'rm -r /etc/letsencrypt')
 
 
 # --- Deploying -------------------------------------------------------------------------

@@ -6,8 +6,8 @@ https://docs.gunicorn.org/en/stable/settings.html
 
 import os
 
-# Where to listen: the Unix socket nginx proxies to in production (the systemd unit
-# sets GUNICORN_BIND), else a loopback port to try it by hand.
+# Where to listen: a loopback port to try it by hand, or GUNICORN_BIND. On the server,
+# systemd opens the socket nginx proxies to and hands it over (deploy/app-deploy@.socket).
 bind = os.environ.get('GUNICORN_BIND', '127.0.0.1:8000')
 
 # Sync workers, each serving one request at a time; nginx buffers slow clients for them.

@@ -15,7 +15,8 @@ env = host.data.env  # staging or production, from deploy/inventory.py
 domain = host.data.domain
 # The certificate's folder (fullchain.pem, privkey.pem): a self-signed one made here,
 # until certbot has one for the domain (README): /etc/letsencrypt/live/<domain>.
-certificate = host.data.get('certificate', '/etc/app-deploy/tls')
+SELF_SIGNED = '/etc/app-deploy/tls'
+certificate = host.data.get('certificate', SELF_SIGNED)
 database = f'app_deploy_{env}'  # the database, and the role that owns it
 env_file = f'/etc/app-deploy/{env}.env'
 
@@ -112,14 +113,14 @@ systemd.service(
     enabled=True,
 )
 
-if not host.get_fact(File, path=f'{certificate}/privkey.pem'):
+if certificate == SELF_SIGNED and not host.get_fact(File, path=f'{SELF_SIGNED}/privkey.pem'):
     server.shell(
         name='Make a self-signed certificate',
         commands=[
-            f'install -d -m 700 {certificate}',
+            f'install -d -m 700 {SELF_SIGNED}',
             'openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'
             f' -days 365 -subj /CN={domain} -addext subjectAltName=DNS:{domain}'
-            f' -keyout {certificate}/privkey.pem -out {certificate}/fullchain.pem 2>/dev/null',
+            f' -keyout {SELF_SIGNED}/privkey.pem -out {SELF_SIGNED}/fullchain.pem 2>/dev/null',
         ],
     )
 site = [
