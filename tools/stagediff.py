@@ -3,7 +3,7 @@
 import difflib
 from pathlib import Path
 
-IGNORED = {'__pycache__', '.venv', '.pytest_cache', '.env', 'site'}
+IGNORED = {'__pycache__', '.venv', '.pytest_cache', '.ruff_cache', '.env', 'site'}
 
 
 def stage_files(directory):
