@@ -94,6 +94,10 @@ NOT_RUN = {
         'runs until Ctrl-C, as root; test_testserver.py runs the session with one server'
         " and lets a reader's key in through --key"
     ),
+    'git push': 'pushes to your repository on GitHub; test_ci_cd.py replays the CI and'
+    ' staging jobs that the push starts there',
+    'git tag v1.0.0 && git push origin v1.0.0': 'pushes a tag to GitHub; test_ci_cd.py'
+    ' replays the production job that the tag starts there',
 }
 # The steps that differ by system: the Windows line names the administrator, and the
 # Debian/Ubuntu line runs the macOS one as the system user postgres.
