@@ -5,7 +5,7 @@ import pytest
 from tests.reader import readme_commands, tables
 from tools import postgres
 
-pytestmark = pytest.mark.stages('03', '04', '05', '06', '07')
+pytestmark = pytest.mark.stages('03', '04', '05', '06', '07', '08')
 
 
 def test_own_suite_passes_and_leaves_the_database_empty(reader, database):

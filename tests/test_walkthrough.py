@@ -14,7 +14,7 @@ from tests.reader import (
 )
 from tools import postgres
 
-pytestmark = pytest.mark.stages('02', '03', '04', '05', '06', '07')
+pytestmark = pytest.mark.stages('02', '03', '04', '05', '06', '07', '08')
 
 
 def session_lines(block):
