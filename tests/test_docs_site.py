@@ -18,7 +18,7 @@ from html.parser import HTMLParser
 import pytest
 
 from tests.test_browser import browser  # noqa: F401 (a fixture: the run's one Chromium)
-from tests.test_docs import CONFIG, DOCS, NAV
+from tests.test_docs import CONFIG, DOCS, NAV, docs_hooks
 from tools.stages import ROOT
 
 pytestmark = pytest.mark.stages('repo')
@@ -97,8 +97,7 @@ def test_diffs_are_collapsed_code_only_and_out_of_search(site):
         for attributes, inside in details:
             assert attributes == ' data-search-exclude=""', f'{page}: open, or in search'
             titles = re.findall(r'<span class="filename">([^<]+)</span>', inside)
-            assert titles and all(title.endswith(('.py', '.html')) for title in titles), titles
-            assert 'README.md' not in titles and 'environment.yml' not in titles
+            assert titles and all(docs_hooks.is_code(title) for title in titles), titles
             diffs += 1
     assert diffs >= 2
     assert '@@ -' not in indexed and 'The code that changed from' not in indexed
@@ -202,16 +201,19 @@ def test_the_copy_button_copies_the_commands_alone(site, served, browser):  # no
 
 
 # The code blocks of the page whose lines are wider than the block: the first line of each.
+# Code blocks wider than their box, but those of the stage diffs: a diff shows a server
+# file's lines as they are (nginx's cipher list, a workflow's long expression).
 TOO_WIDE = """
 () => [...document.querySelectorAll('.md-typeset pre > code')]
+  .filter(code => !code.closest('details.stage-diff'))
   .filter(code => code.scrollWidth > code.clientWidth + 1)
   .map(code => code.textContent.split('\\n')[0])
 """
 
 
 def test_code_fits_a_1280_px_window_and_pages_a_375_px_one(served, browser):  # noqa: F811
-    """On a laptop no code block scrolls sideways; on a phone (where long code lines must
-    scroll inside their block) the page itself never does."""
+    """On a laptop no code block scrolls sideways (a diff's may); on a phone (where long
+    code lines must scroll inside their block) the page itself never does."""
     for width in (1280, 375):
         context = browser.new_context(viewport={'width': width, 'height': 900})
         page = context.new_page()

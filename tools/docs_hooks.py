@@ -30,7 +30,13 @@ INCLUDE = re.compile(
     r'(?P=fence)$',
     re.MULTILINE,
 )
-CODE_SUFFIXES = ('.py', '.html')
+# What a stage diff in the docs shows: the code and the server and CI files a part
+# teaches; not the prose (READMEs) or the pins (requirements, environment.yml).
+NOT_CODE = ('.md', 'environment.yml', 'requirements.txt', 'requirements-dev.txt')
+
+
+def is_code(path):
+    return not path.endswith(NOT_CODE)
 
 
 def stage_of(relative):
@@ -137,8 +143,8 @@ def split_diff(diff):
 def _diff_block(match):
     old, new = (stage_of(name) for name in match.groups())
     files = split_diff(stage_diff(old, new))
-    code = [(path, hunks) for path, hunks in files if path.endswith(CODE_SUFFIXES)]
-    other = [path for path, _ in files if not path.endswith(CODE_SUFFIXES)]
+    code = [(path, hunks) for path, hunks in files if is_code(path)]
+    other = [path for path, _ in files if not is_code(path)]
     if not code:
         raise ValueError(f'no code changed between {old.name} and {new.name}: drop the marker')
     summary = f'The code that changed from <code>{old.name}</code> to <code>{new.name}</code>'
