@@ -259,6 +259,9 @@ class Run:
         # Dangling layers of the builds (intermediate stages): those of the run's images.
         self.podman('image', 'prune', '--force', check=False)
         self.left = restore_host(self.before, self.networks_made())
+        # CNI turned ip_forward on for the containers; stand-in servers that ended while
+        # they ran left it so (tools/testserver.py): put it back if nothing needs it now.
+        testserver.restore_forwarding()
         if problems:
             raise ContainersError('; '.join(problem.strip() for problem in problems))
 

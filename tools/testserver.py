@@ -628,10 +628,14 @@ def veths(alias):
 
 
 def restore_forwarding():
-    """Put ip_forward back as it was, when no stand-in server is left."""
+    """Put ip_forward back as it was, when no stand-in server is left and no Podman
+    bridge (containers forward through it too: stage 08's tests)."""
     with locked(NETWORK_LOCK, 'Waiting for another run that sets up a stand-in server'):
-        if FORWARD_MARK.exists() and not any(
-            NETNS.fullmatch(n) for n in sh('ip', 'netns', 'list').split()
+        links = [link['ifname'] for link in json.loads(sh('ip', '-json', 'link'))]
+        if (
+            FORWARD_MARK.exists()
+            and not any(NETNS.fullmatch(n) for n in sh('ip', 'netns', 'list').split())
+            and not any(re.fullmatch(r'(cni-)?podman\d+', link) for link in links)
         ):
             Path('/proc/sys/net/ipv4/ip_forward').write_text(FORWARD_MARK.read_text())
             FORWARD_MARK.unlink()
