@@ -274,6 +274,7 @@ def lint(session):
     session.run('ruff', 'check', *session.posargs, env=env)
     session.run('ruff', 'format', '--check', *session.posargs, env=env)
     scripts = [ROOT / '.ci' / 'run', *ROOT.glob('stages/*/deploy/app-deploy-release')]
+    scripts += [*ROOT.glob('tools/*/*.sh')]
     session.run('shellcheck', *(str(path.relative_to(ROOT)) for path in scripts))
 
 
