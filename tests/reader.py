@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import requests
+import urllib3
 
 from tools import postgres, run
 from tools.stages import setup_command
@@ -285,3 +286,47 @@ class Site:
     def fresh(self):
         """Another client of the same site, with its own cookies."""
         return Site(self.url, self.process, self._log)
+
+
+class PooledSite:
+    """A served stage (06 on) through the urllib3 ``pool``, as the host name ``host``:
+    nginx's site on a stand-in server, or a container's gunicorn."""
+
+    def __init__(self, pool, host):
+        self.pool, self.host = pool, host
+
+    def get(self, path='/', **kwargs):
+        return self.pool.request('GET', path, headers={'Host': self.host}, **kwargs)
+
+    def add(self, name):
+        """Type ``name`` into the form and send it, as a browser does: the form's CSRF
+        token, the session cookie, and (checked over HTTPS) the page as the referrer."""
+        page = self.get()
+        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.data.decode())
+        cookie = page.headers['Set-Cookie'].split(';')[0]
+        answer = self.pool.request(
+            'POST',
+            '/',
+            fields={'csrf_token': token[1], 'name': name},
+            encode_multipart=False,
+            headers={
+                'Host': self.host,
+                'Cookie': cookie,
+                'Referer': f'{self.pool.scheme}://{self.host}/',
+            },
+            redirect=False,
+        )
+        assert answer.status == 302, answer.data.decode()
+
+    def names(self):
+        return listed_names(self.get().data.decode())
+
+    def wait(self, seconds=60):
+        """Wait until /health answers 200."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with contextlib.suppress(urllib3.exceptions.HTTPError):
+                if self.get('/health').status == 200:
+                    return
+            time.sleep(0.5)
+        raise AssertionError(f'{self.host} did not answer /health in {seconds} s')

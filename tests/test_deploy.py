@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from tests.reader import listed_names
+from tests.reader import PooledSite
 from tools import testserver
 
 pytestmark = pytest.mark.stages('06')
@@ -192,51 +192,20 @@ def current(host, env):
     return Path(ssh(host, f'readlink /srv/app-deploy/{env}/current')).name
 
 
-class Site:
+def site(host, env, certificate):
     """The site of one environment over HTTPS, its certificate checked."""
-
-    def __init__(self, host, env, certificate):
-        self.domain = DOMAINS[env]
-        self.pool = urllib3.HTTPSConnectionPool(
-            host.address,
-            443,
-            maxsize=CLIENTS,
-            ca_certs=str(certificate),
-            server_hostname=self.domain,
-            assert_hostname=self.domain,
-            timeout=urllib3.Timeout(connect=5, read=40),
-            retries=False,
-        )
-
-    def get(self, path='/', **kwargs):
-        return self.pool.request('GET', path, headers={'Host': self.domain}, **kwargs)
-
-    def add(self, name):
-        """Type ``name`` into the form and send it, as a browser does."""
-        page = self.get()
-        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.data.decode())
-        cookie = page.headers['Set-Cookie'].split(';')[0]
-        answer = self.pool.request(
-            'POST',
-            '/',
-            fields={'csrf_token': token[1], 'name': name},
-            encode_multipart=False,
-            headers={'Host': self.domain, 'Cookie': cookie, 'Referer': f'https://{self.domain}/'},
-            redirect=False,
-        )
-        assert answer.status == 302, answer.data.decode()
-
-    def names(self):
-        return listed_names(self.get().data.decode())
-
-    def wait(self, seconds=60):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            with contextlib.suppress(urllib3.exceptions.HTTPError):
-                if self.get('/health').status == 200:
-                    return
-            time.sleep(0.5)
-        raise AssertionError(f'{self.domain} did not answer /health in {seconds} s')
+    domain = DOMAINS[env]
+    pool = urllib3.HTTPSConnectionPool(
+        host.address,
+        443,
+        maxsize=CLIENTS,
+        ca_certs=str(certificate),
+        server_hostname=domain,
+        assert_hostname=domain,
+        timeout=urllib3.Timeout(connect=5, read=40),
+        retries=False,
+    )
+    return PooledSite(pool, domain)
 
 
 @pytest.fixture(scope='module')
@@ -261,7 +230,7 @@ def sites(provisioned, servers, tmp_path_factory):
     made = {}
     for env, host in servers.items():
         (folder / env).write_text(ssh(host, 'cat /etc/app-deploy/tls/fullchain.pem') + '\n')
-        made[env] = Site(host, env, folder / env)
+        made[env] = site(host, env, folder / env)
     return made
 
 

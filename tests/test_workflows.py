@@ -1,4 +1,4 @@
-"""The repository's own GitHub Actions workflows (.github/workflows/), checked offline.
+"""The GitHub Actions workflows of the repository and of its stages, checked offline.
 
 check-jsonschema validates each against GitHub's workflow schema (it ships the schema:
 a typo'd key, an unknown event); zizmor --offline audits it (unpinned actions, checkout
@@ -20,7 +20,8 @@ from tools.stages import ROOT
 pytestmark = pytest.mark.stages('repo')
 
 FOLDER = ROOT / '.github' / 'workflows'
-WORKFLOWS = sorted(FOLDER.glob('*.y*ml'))
+# The repository's own, then each stage's (stage 07 on).
+WORKFLOWS = sorted(FOLDER.glob('*.y*ml')) + sorted(ROOT.glob('stages/*/.github/workflows/*.y*ml'))
 USES = re.compile(r'^\s*(- )?uses:', re.MULTILINE)
 PINNED = re.compile(r'^\s*(- )?uses: [\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+(\.\d+)*$')
 # A line that runs the README's test command as it stands (not echoed, no arguments).
@@ -71,22 +72,22 @@ def changed(tmp_path, old, new):
 
 
 def test_the_workflows_are_there():
-    assert {path.name for path in WORKFLOWS} >= {'tests.yml', 'docs.yml'}
+    assert {path.name for path in FOLDER.iterdir()} >= {'tests.yml', 'docs.yml'}
 
 
-@pytest.mark.parametrize('path', WORKFLOWS, ids=lambda path: path.name)
+@pytest.mark.parametrize('path', WORKFLOWS, ids=lambda path: str(path.relative_to(ROOT)))
 def test_workflow_passes_the_schema(path):
     result = check_jsonschema(path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize('path', WORKFLOWS, ids=lambda path: path.name)
+@pytest.mark.parametrize('path', WORKFLOWS, ids=lambda path: str(path.relative_to(ROOT)))
 def test_workflow_has_no_zizmor_finding_of_medium_severity_or_above(path):
     result = zizmor(path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize('path', WORKFLOWS, ids=lambda path: path.name)
+@pytest.mark.parametrize('path', WORKFLOWS, ids=lambda path: str(path.relative_to(ROOT)))
 def test_workflow_pins_actions_and_limits_what_its_jobs_may_do(path):
     text, workflow = path.read_text(), load(path)
     lines = [line for line in text.splitlines() if USES.match(line)]
