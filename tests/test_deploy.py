@@ -24,6 +24,8 @@ import urllib3
 
 from tests.reader import PooledSite
 from tools import testserver
+from tools.stagediff import changed_files
+from tools.stages import STAGES
 
 pytestmark = pytest.mark.stages('06')
 
@@ -635,3 +637,15 @@ def test_nothing_secret_in_the_repository_the_output_or_the_releases(project, se
                 assert not path.is_file() or secret.encode() not in path.read_bytes(), path
             found = host.ssh(f'grep -rlF -- {secret} /srv/app-deploy', check=False)
             assert found.returncode == 1, found.stdout
+
+
+def test_stage_06_is_stage_05_and_its_deploy(stage_dir):
+    """Part 6 changes no line of the app: the diff is deploy/, and what says so."""
+    changed = changed_files(STAGES['05'], stage_dir)
+    assert {path for path in changed if not path.startswith('deploy/')} == {
+        '.gitignore',  # deploy/build/
+        'README.md',
+        'environment.yml',
+        'gunicorn.conf.py',  # its comment: systemd now hands gunicorn the socket
+        'requirements-dev.txt',  # -r deploy/requirements.txt
+    }

@@ -16,6 +16,18 @@ def stage_files(directory):
     )
 
 
+def changed_files(old, new):
+    """The files (relative paths, as strings) added, removed or changed from ``old`` to ``new``."""
+    old, new = Path(old), Path(new)
+    return {
+        str(path)
+        for path in set(stage_files(old)) | set(stage_files(new))
+        if not (old / path).exists()
+        or not (new / path).exists()
+        or (old / path).read_bytes() != (new / path).read_bytes()
+    }
+
+
 def stage_diff(old, new):
     """What changed from stage directory ``old`` to ``new``, as one unified diff."""
     old, new = Path(old), Path(new)
