@@ -69,6 +69,9 @@ def run_chromium():
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,  # it outlives these tests, to serve the next stage
+                # Its singleton socket goes to the temporary folder: the run's, deleted
+                # with it, not /tmp, where every run would leave one.
+                env={**os.environ, 'TMPDIR': str(folder)},
             )
             pidfile.write_text(str(chromium.pid))
         port = profile / 'DevToolsActivePort'
