@@ -78,6 +78,15 @@ FAILING_MIGRATION = MIGRATION.replace(
     "op.execute('SELECT 1/0')",
 )
 
+# What a failed command's report adds from each server: its failed units, and the end of
+# its journal (the output of a unit's short-lived process, such as nft's error, may not
+# be filed under the unit), less sshd's lines.
+FAILED_UNITS = (
+    "systemctl list-units --state=failed --no-legend --plain | cut -d' ' -f1"
+    ' | xargs -r systemctl status --no-pager --lines=0;'
+    " journalctl -b -o short-precise --no-pager | grep -v ' sshd\\[' | tail -n 40"
+)
+
 
 @pytest.fixture(scope='module')
 def servers(tmp_path_factory):
@@ -159,8 +168,21 @@ class Project:
         )
         self.outputs.append(result.stdout)
         if check and result.returncode:
-            raise AssertionError(f'{shlex.join(command)} failed:\n{result.stdout}')
+            report = f'{shlex.join(command)} failed:\n{result.stdout}{self.failed_units()}'
+            raise AssertionError(report)
         return result
+
+    def failed_units(self):
+        """The servers' failed units, with their journals: what a failed command's report
+        lacks, and what is gone once the servers are removed."""
+        report = ''
+        for env, host in self.servers.items():
+            try:
+                status = host.ssh(FAILED_UNITS, check=False, timeout=30)
+                report += f'\n--- failed units on {env} ---\n{status.stdout}{status.stderr}'
+            except subprocess.TimeoutExpired:
+                report += f'\n--- failed units on {env}: no answer in 30 s ---'
+        return report
 
     @staticmethod
     def pyinfra_command(deploy, env, key=''):
