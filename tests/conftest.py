@@ -35,6 +35,20 @@ def pytest_configure(config):
     if not {'s', 'a', 'A'} & set(config.option.reportchars):
         config.option.reportchars += 's'
     config.addinivalue_line('markers', "stages(*numbers): the stages (or 'repo') a test is for")
+    config.addinivalue_line('markers', STANDIN_MARKER)
+
+
+STANDIN_MARKER = 'standin: runs on stand-in servers or in containers, with their own PostgreSQL'
+# The fixtures that give a test those: the stand-in servers of stages 06 and 07, and
+# Podman for stage 08's images.
+STANDIN_FIXTURES = {'servers', 'engine'}
+
+
+def pytest_itemcollected(item):
+    """Mark ``standin`` the tests that bring their own PostgreSQL, so that a run against
+    another server can leave them out: ``-m 'not standin'``."""
+    if STANDIN_FIXTURES & set(getattr(item, 'fixturenames', ())):
+        item.add_marker('standin')
 
 
 def pytest_collection_modifyitems(config, items):

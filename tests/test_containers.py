@@ -77,7 +77,9 @@ def free_port():
 
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory, stage_bin):
+def engine(tmp_path_factory, stage_bin):
+    """Podman for the module's images, containers, volumes and networks, all removed at
+    the end (tools/containers.py)."""
     try:
         containers.check_machine(path=str(stage_bin))
     except containers.ContainersError as error:
@@ -104,29 +106,29 @@ def copy(stage_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def base(run, copy):
+def base(engine, copy):
     """The Dockerfile's default base, a stand-in made here under its name."""
     default = re.search(r'^ARG BASE_IMAGE=(\S+)$', (copy / 'Dockerfile').read_text(), re.M)
-    return run.standin_python(default[1])
+    return engine.standin_python(default[1])
 
 
 @pytest.fixture(scope='module')
-def postgres_image(run, base, copy):
+def postgres_image(engine, base, copy):
     """The stand-in, under the name compose.yaml gives, so no pull is tried."""
     name = re.search(r'image: (\S*postgres\S*)', (copy / 'compose.yaml').read_text())[1]
-    return run.standin_postgres(name, base)
+    return engine.standin_postgres(name, base)
 
 
 @pytest.fixture(scope='module')
-def image(run, base, copy):
+def image(engine, base, copy):
     """The image, built by the README's command."""
-    if run.exists('image', IMAGE):
+    if engine.exists('image', IMAGE):
         pytest.fail(f'{IMAGE} is there already, not made by the tests: remove it first')
-    run.made_image(IMAGE)
+    engine.made_image(IMAGE)
     started = time.monotonic()
-    run.shell(BUILD, copy)
-    run.timings['app build, cold'] = time.monotonic() - started
-    base_size, size = run.size(base), run.size(IMAGE)
+    engine.shell(BUILD, copy)
+    engine.timings['app build, cold'] = time.monotonic() - started
+    base_size, size = engine.size(base), engine.size(IMAGE)
     print(f'image size: {size / 1e6:.1f} MB, of which the app: {(size - base_size) / 1e6:.1f} MB')
     return IMAGE
 
@@ -140,10 +142,10 @@ def site_at(port):
 
 
 @pytest.fixture(scope='module')
-def stack(run, image, postgres_image):
+def stack(engine, image, postgres_image):
     """The image on a network of its own with PostgreSQL, migrated, on a loopback port."""
-    network = run.network('net')
-    db = run.run(
+    network = engine.network('net')
+    db = engine.run(
         'db',
         postgres_image,
         *('--network', network, '--network-alias', 'db'),
@@ -156,14 +158,15 @@ def stack(run, image, postgres_image):
         *('-e', f'PRODUCTION_DATABASE_URL=postgresql://app:{PASSWORD}@db:5432/app'),
     ]
     deadline = time.monotonic() + 60
-    while run.podman('exec', db, 'pg_isready', '-U', 'app', '-d', 'app', check=False).returncode:
-        assert time.monotonic() < deadline, run.podman('logs', db).stderr
+    ready = ('exec', db, 'pg_isready', '-U', 'app', '-d', 'app')
+    while engine.podman(*ready, check=False).returncode:
+        assert time.monotonic() < deadline, engine.podman('logs', db).stderr
         time.sleep(0.5)
-    run.podman('run', '--rm', '--network', network, *env, image, 'flask', 'db', 'upgrade')
+    engine.podman('run', '--rm', '--network', network, *env, image, 'flask', 'db', 'upgrade')
     port = free_port()
     # --read-only as Docker has it: podman would add a tmpfs on /tmp by itself.
     read_only = ['--read-only', '--read-only-tmpfs=false', '--tmpfs', '/tmp']
-    web = run.run(
+    web = engine.run(
         'web', image, '--network', network, '-p', f'127.0.0.1:{port}:8000', *read_only, *env
     )
     site = site_at(port)
@@ -231,30 +234,30 @@ def readme_commands_all(folder):
 # --- The Dockerfile and the image -------------------------------------------------------
 
 
-def test_hadolint_finds_nothing_in_the_dockerfiles(run, copy):
+def test_hadolint_finds_nothing_in_the_dockerfiles(engine, copy):
     for dockerfile in [copy / 'Dockerfile', containers.STANDIN_POSTGRES / 'Dockerfile']:
-        lint = run.shell(f'hadolint {dockerfile}', copy, check=False)
+        lint = engine.shell(f'hadolint {dockerfile}', copy, check=False)
         assert lint.returncode == 0, lint.stdout + lint.stderr
     # CI's step, as written, in the copy.
-    assert run.shell('hadolint Dockerfile', copy, check=False).returncode == 0
+    assert engine.shell('hadolint Dockerfile', copy, check=False).returncode == 0
 
 
-def test_the_image_builds_and_builds_again_from_its_cache(run, image, copy):
+def test_the_image_builds_and_builds_again_from_its_cache(engine, image, copy):
     started = time.monotonic()
-    result = run.shell(BUILD, copy)
-    run.timings['app build, cached'] = time.monotonic() - started
+    result = engine.shell(BUILD, copy)
+    engine.timings['app build, cached'] = time.monotonic() - started
     assert result.stdout.count('Using cache') >= 8, result.stdout
-    assert run.timings['app build, cached'] < run.timings['app build, cold']
+    assert engine.timings['app build, cached'] < engine.timings['app build, cold']
     # --format docker kept the HEALTHCHECK (Podman's OCI format would drop it).
-    check = run.podman('image', 'inspect', '--format', '{{json .HealthCheck}}', image)
+    check = engine.podman('image', 'inspect', '--format', '{{json .HealthCheck}}', image)
     assert json.loads(check.stdout)['Test'][0] == 'CMD', check.stdout
 
 
-def test_the_container_runs_as_a_user_that_is_not_root(run, image, stack):
-    assert run.inspect(image)['Config']['User'] == '10001:10001'
-    assert run.podman('exec', stack['web'], 'id', '-u').stdout.strip() == '10001'
+def test_the_container_runs_as_a_user_that_is_not_root(engine, image, stack):
+    assert engine.inspect(image)['Config']['User'] == '10001:10001'
+    assert engine.podman('exec', stack['web'], 'id', '-u').stdout.strip() == '10001'
     # gunicorn is PID 1, as the user: the exec form, no shell in between.
-    ps = run.podman('top', stack['web'], 'pid', 'user', 'args').stdout
+    ps = engine.podman('top', stack['web'], 'pid', 'user', 'args').stdout
     assert re.search(r'^\s*1\s+\S+\s+/venv/bin/python3? /venv/bin/gunicorn', ps, re.M), ps
     assert not re.search(r'^\s*\d+\s+root\s', ps, re.M), ps
 
@@ -267,48 +270,48 @@ def test_the_page_and_a_post_work_against_postgresql(stack):
     assert all(name in page for name in NAMES), page
 
 
-def test_it_logs_to_stdout_and_stderr(run, stack):
+def test_it_logs_to_stdout_and_stderr(engine, stack):
     stack['site'].get()
-    logs = run.podman('logs', stack['web'])
+    logs = engine.podman('logs', stack['web'])
     assert '"GET / HTTP/1.1" 200' in logs.stdout  # gunicorn's access log, on stdout
     assert 'Listening at: http://0.0.0.0:8000' in logs.stderr  # its own messages
 
 
-def test_the_healthcheck_is_healthy_and_unhealthy_while_the_database_is_down(run, stack):
-    assert run.inspect(stack['web'])['Config']['Healthcheck']['Test'][0] == 'CMD'
-    assert run.podman('healthcheck', 'run', stack['web'], check=False).returncode == 0
-    run.podman('stop', '-t', '10', stack['db'])
+def test_the_healthcheck_is_healthy_and_unhealthy_while_the_database_is_down(engine, stack):
+    assert engine.inspect(stack['web'])['Config']['Healthcheck']['Test'][0] == 'CMD'
+    assert engine.podman('healthcheck', 'run', stack['web'], check=False).returncode == 0
+    engine.podman('stop', '-t', '10', stack['db'])
     try:
-        result = run.podman('healthcheck', 'run', stack['web'], check=False)
+        result = engine.podman('healthcheck', 'run', stack['web'], check=False)
         assert result.returncode == 1 and 'unhealthy' in result.stdout, result
     finally:
-        run.podman('start', stack['db'])
+        engine.podman('start', stack['db'])
     deadline = time.monotonic() + 60
-    while run.podman('healthcheck', 'run', stack['web'], check=False).returncode:
+    while engine.podman('healthcheck', 'run', stack['web'], check=False).returncode:
         assert time.monotonic() < deadline, 'not healthy again after the database came back'
         time.sleep(1)
 
 
-def test_the_root_filesystem_is_read_only(run, stack):
-    assert run.inspect(stack['web'])['HostConfig']['ReadonlyRootfs'] is True
+def test_the_root_filesystem_is_read_only(engine, stack):
+    assert engine.inspect(stack['web'])['HostConfig']['ReadonlyRootfs'] is True
     for path in ['/app/x', '/venv/x', '/x']:
-        assert run.podman('exec', stack['web'], 'touch', path, check=False).returncode
+        assert engine.podman('exec', stack['web'], 'touch', path, check=False).returncode
     assert stack['site'].get('/health').status == 200
 
 
-def test_nothing_secret_and_no_build_tools_in_the_image(run, image, stack):
-    history = run.podman('history', '--no-trunc', image).stdout
-    inspected = run.podman('image', 'inspect', image).stdout
+def test_nothing_secret_and_no_build_tools_in_the_image(engine, image, stack):
+    history = engine.podman('history', '--no-trunc', image).stdout
+    inspected = engine.podman('image', 'inspect', image).stdout
     for text in [history, inspected]:
         assert SECRET_KEY not in text and PASSWORD not in text
         assert not re.search(r'(SECRET_KEY|PASSWORD|DATABASE_URL)=', text), text
     tools = (
         'for t in gcc cc make g++; do command -v $t; done; ls -d /root/.cache /tmp/* 2>&1; true'
     )
-    found = run.podman('run', '--rm', '--user', '0', image, 'sh', '-c', tools).stdout
+    found = engine.podman('run', '--rm', '--user', '0', image, 'sh', '-c', tools).stdout
     assert '/bin/' not in found, found  # no compiler, no make
     assert 'No such file' in found and 'requirements' not in found, found  # no pip cache
-    files = run.podman('run', '--rm', image, 'sh', '-c', 'du -s /venv; ls -A /app').stdout
+    files = engine.podman('run', '--rm', image, 'sh', '-c', 'du -s /venv; ls -A /app').stdout
     print('the venv:', files.split()[0], 'KiB')
     assert sorted(files.split()[2:]) == [
         'app',
@@ -319,29 +322,29 @@ def test_nothing_secret_and_no_build_tools_in_the_image(run, image, stack):
     ]  # no tests, no .env, no requirements, no deploy/
 
 
-def test_sigterm_stops_it_in_under_10_s_with_exit_code_0(run, stack):
+def test_sigterm_stops_it_in_under_10_s_with_exit_code_0(engine, stack):
     started = time.monotonic()
-    run.podman('stop', '-t', '10', stack['web'])
+    engine.podman('stop', '-t', '10', stack['web'])
     took = time.monotonic() - started
     print(f'stop after SIGTERM: {took:.1f} s')
-    state = run.inspect(stack['web'])['State']
+    state = engine.inspect(stack['web'])['State']
     assert state['ExitCode'] == 0, state
     assert took < 10
-    assert 'Handling signal: term' in run.podman('logs', stack['web']).stderr
+    assert 'Handling signal: term' in engine.podman('logs', stack['web']).stderr
 
 
 # --- compose.yaml, by the README's commands -----------------------------------------------
 
 
 def test_compose_brings_the_stack_up_keeps_the_names_and_removes_it_all(
-    run, copy, image, postgres_image
+    engine, copy, image, postgres_image
 ):
     for kind in ('ps -a --format {{.Names}}', 'volume ls -q', 'network ls -q'):
         taken = [
-            n for n in run.podman(*kind.split()).stdout.split() if n.startswith(f'{PROJECT}_')
+            n for n in engine.podman(*kind.split()).stdout.split() if n.startswith(f'{PROJECT}_')
         ]
         assert not taken, f'compose project {PROJECT} is there already, not made by the tests'
-    run.shell('cp .env.example .env', copy)
+    engine.shell('cp .env.example .env', copy)
     env_file = copy / '.env'
     text = env_file.read_text()
     for line, value in [('# SECRET_KEY=', SECRET_KEY), ('# POSTGRES_PASSWORD=', PASSWORD)]:
@@ -350,31 +353,31 @@ def test_compose_brings_the_stack_up_keeps_the_names_and_removes_it_all(
     env_file.write_text(text)
     port = free_port()
     env = {'APP_PORT': str(port)}
-    run.compose_project(PROJECT, copy, env)
+    engine.compose_project(PROJECT, copy, env)
     started = time.monotonic()
-    up = run.shell('podman-compose up -d', copy, env=env)
+    up = engine.shell('podman-compose up -d', copy, env=env)
     assert 'pull' not in up.stdout.lower() + up.stderr.lower().replace('podman_compose', '')
     site = site_at(port)
     site.wait(seconds=90)
     print(f'compose up -d to /health 200: {time.monotonic() - started:.1f} s')
-    web = run.inspect(f'{PROJECT}_web_1')
-    assert web['Image'] == run.inspect(image)['Id']  # the image the README built
+    web = engine.inspect(f'{PROJECT}_web_1')
+    assert web['Image'] == engine.inspect(image)['Id']  # the image the README built
     # podman-compose runs podman with the run's containers.conf (CONTAINERS_CONF).
     assert web['OCIRuntime'] == 'runc', web['OCIRuntime']
     assert {'Name': 'RLIMIT_NOFILE', 'Soft': 1024, 'Hard': 1024} in web['HostConfig']['Ulimits']
     assert web['HostConfig']['ReadonlyRootfs'] is True
-    ports = run.podman('port', f'{PROJECT}_web_1').stdout
+    ports = engine.podman('port', f'{PROJECT}_web_1').stdout
     assert ports.strip() == f'8000/tcp -> 127.0.0.1:{port}', ports
     site.add('Compose')
     started = time.monotonic()
-    run.shell('podman-compose down', copy, env=env)
-    assert not run.podman('ps', '-a', '-q', '--filter', f'name={PROJECT}_').stdout.strip()
-    assert f'{PROJECT}_db-data' in run.podman('volume', 'ls', '-q').stdout
-    run.shell('podman-compose up -d', copy, env=env)
+    engine.shell('podman-compose down', copy, env=env)
+    assert not engine.podman('ps', '-a', '-q', '--filter', f'name={PROJECT}_').stdout.strip()
+    assert f'{PROJECT}_db-data' in engine.podman('volume', 'ls', '-q').stdout
+    engine.shell('podman-compose up -d', copy, env=env)
     site.wait(seconds=90)
     assert 'Compose' in site.get().data.decode()
-    run.shell('podman-compose down -v', copy, env=env)
+    engine.shell('podman-compose down -v', copy, env=env)
     print(f'compose down, up -d, down -v: {time.monotonic() - started:.1f} s')
-    assert not run.podman('ps', '-a', '-q', '--filter', f'name={PROJECT}_').stdout.strip()
-    assert f'{PROJECT}_' not in run.podman('volume', 'ls', '-q').stdout
-    assert f'{PROJECT}_' not in run.podman('network', 'ls', '-q').stdout
+    assert not engine.podman('ps', '-a', '-q', '--filter', f'name={PROJECT}_').stdout.strip()
+    assert f'{PROJECT}_' not in engine.podman('volume', 'ls', '-q').stdout
+    assert f'{PROJECT}_' not in engine.podman('network', 'ls', '-q').stdout
