@@ -311,6 +311,8 @@ def test_nothing_secret_and_no_build_tools_in_the_image(engine, image, stack):
     found = engine.podman('run', '--rm', '--user', '0', image, 'sh', '-c', tools).stdout
     assert '/bin/' not in found, found  # no compiler, no make
     assert 'No such file' in found and 'requirements' not in found, found  # no pip cache
+    pip = engine.podman('run', '--rm', image, 'python', '-m', 'pip', '--version', check=False)
+    assert pip.returncode and 'No module named pip' in pip.stderr, pip  # not in the venv
     files = engine.podman('run', '--rm', image, 'sh', '-c', 'du -s /venv; ls -A /app').stdout
     print('the venv:', files.split()[0], 'KiB')
     assert sorted(files.split()[2:]) == [
