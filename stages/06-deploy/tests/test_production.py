@@ -41,6 +41,8 @@ def assert_unavailable(response):
         ('POST', '/health', 405, '405 Method Not Allowed'),
         ('GET', '/?page=0', 404, '404 Not Found'),
         ('GET', '/?page=abc', 404, '404 Not Found'),
+        ('GET', '/?page=99999999999999999999', 404, '404 Not Found'),
+        ('GET', f'/?page={2**63 // 50 + 1}', 404, '404 Not Found'),
     ],
 )
 def test_error_pages(client, method, path, status, text):

@@ -1,4 +1,4 @@
-from flask import Blueprint, current_app, redirect, render_template, url_for
+from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 
 from app import db
 from app.forms import NameForm
@@ -16,5 +16,9 @@ def index():
         return redirect(url_for('names.index'))
     newest_first = db.select(Name).order_by(Name.created_at.desc(), Name.id.desc())
     # One page of names, ?page=2 for the next: a page stays small however many there are.
-    names = db.paginate(newest_first, per_page=current_app.config['NAMES_PER_PAGE'])
+    per_page = current_app.config['NAMES_PER_PAGE']
+    # A page so far on that its offset overflows PostgreSQL's bigint would be a 500.
+    if request.args.get('page', 1, type=int) > 2**63 // per_page:
+        abort(404)
+    names = db.paginate(newest_first, per_page=per_page)
     return render_template('index.html', form=form, names=names)
