@@ -683,7 +683,9 @@ def test_a_release_failing_its_health_check_leaves_production_as_it_was(
     production = deploys.replay('production').run()
     label, code, output = production.result('Deploy to production the release staging ran')
     assert code != 0
-    assert f'{name} failed its health check; rolled back to {before}' in output
+    assert (
+        f'{name} did not start or failed its health check; production runs {before} again'
+    ) in output
     assert production.result('Check /health over HTTPS')[1] is None
     assert not production.passed
     assert current(servers['production'], 'production') == before

@@ -467,20 +467,82 @@ def test_a_release_with_a_migration_drops_no_request(project, first_release, ser
 # --- Faults ----------------------------------------------------------------------------
 
 
-def test_a_release_that_fails_its_health_check_is_rolled_back(project, first_release, servers):
-    host = servers['staging']
-    before = current(host, 'staging')
-    health = (project.folder / 'app' / 'health.py').read_text()
-    broken = health.replace("'ok'}", "'ok'}, 503", 1)
-    assert broken != health
-    name = project.build('A health check that fails', {'app/health.py': broken})
-    result = project.pyinfra('release.py', 'staging', '--data', f'release={name}', check=False)
+# Releases that cannot serve, each in its own way: (file, how it is broken).
+UNHEALTHY = {
+    'its gunicorn.conf.py raises': (
+        'gunicorn.conf.py',
+        lambda text: text + "raise RuntimeError('a setting that breaks gunicorn')\n",
+    ),
+    'it has no gunicorn': (
+        'requirements.txt',
+        lambda text: re.sub(r'^gunicorn==.*\n', '', text, flags=re.MULTILINE),
+    ),
+    'its /health answers 503': (
+        'app/health.py',
+        lambda text: text.replace("'ok'}", "'ok'}, 503", 1),
+    ),
+}
+
+
+def went_back(name, env, before):
+    """The one line app-deploy-release ends with when ``name`` could not serve."""
+    return (
+        f'{name} did not start or failed its health check;'
+        f' {env} runs {before} again (journalctl -u app-deploy@{env})'
+    )
+
+
+@pytest.mark.parametrize('env', DOMAINS)
+@pytest.mark.parametrize('fault', UNHEALTHY)
+def test_a_release_that_cannot_serve_is_rolled_back(
+    project, first_release, servers, sites, fault, env
+):
+    host = servers[env]
+    before = current(host, env)
+    path, breaks = UNHEALTHY[fault]
+    text = (project.folder / path).read_text()
+    assert breaks(text) != text
+    name = project.build(f'A release that cannot serve: {fault}', {path: breaks(text)})
+    # On production, as if staging had run it: a fault of production's alone.
+    passed = f'/srv/app-deploy/staging/releases/{name}'
+    if env == 'production':
+        ssh(servers['staging'], f'mkdir {passed} && touch {passed}/HEALTHY')
+    try:
+        result = project.pyinfra('release.py', env, '--data', f'release={name}', check=False)
+    finally:
+        if env == 'production':
+            ssh(servers['staging'], f'rm -r {passed}')
+        project.commit('The release fixed', {path: text})
     assert result.returncode != 0
-    output = result.stdout
-    assert f'{name} failed its health check; rolled back to {before}' in output
-    assert current(host, 'staging') == before
-    assert name not in ssh(host, 'ls /srv/app-deploy/staging/releases')
-    project.commit('The health check fixed', {'app/health.py': health})
+    assert went_back(name, env, before) in result.stdout
+    assert current(host, env) == before
+    assert name not in ssh(host, f'ls /srv/app-deploy/{env}/releases')
+    assert ssh(host, f'systemctl is-active app-deploy@{env}.socket app-deploy@{env}') == (
+        'active\nactive'
+    )
+    assert sites[env].get('/health').status == 200  # through nginx
+
+
+@pytest.mark.parametrize('env', DOMAINS)
+def test_rollback_to_a_release_that_cannot_start_goes_back(
+    project, first_release, servers, sites, env
+):
+    host = servers[env]
+    before = current(host, env)
+    assert before != first_release
+    config = f'/srv/app-deploy/{env}/releases/{first_release}/gunicorn.conf.py'
+    ssh(host, f"cp -p {config} {config}.saved && echo 'raise RuntimeError(1)' >> {config}")
+    try:
+        result = project.pyinfra(
+            'rollback.py', env, '--data', f'release={first_release}', check=False
+        )
+    finally:
+        ssh(host, f'mv {config}.saved {config}')
+    assert result.returncode != 0
+    assert went_back(first_release, env, before) in result.stdout
+    assert current(host, env) == before
+    assert first_release in ssh(host, f'ls /srv/app-deploy/{env}/releases')  # kept: not new
+    assert sites[env].get('/health').status == 200
 
 
 def test_a_failing_migration_changes_nothing(project, first_release, servers, sites):
