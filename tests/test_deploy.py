@@ -23,6 +23,7 @@ import pytest
 import urllib3
 
 from tests.reader import PooledSite
+from tests.scanners import sslyze_failures
 from tools import testserver
 from tools.stagediff import changed_files
 from tools.stages import STAGES
@@ -339,6 +340,15 @@ def test_the_firewall_lets_in_ssh_http_and_https_alone(provisioned, servers):
             assert answered == reachable, f'port {port}'
     finally:
         ssh(host, 'systemctl stop probe', check=False)
+
+
+@pytest.mark.parametrize('env', DOMAINS)
+def test_tls_is_mozilla_intermediate_for_the_site_and_shut_to_others(provisioned, servers, env):
+    address, domain = servers[env].address, DOMAINS[env]
+    failures = sslyze_failures(f'{domain}:443{{{address}}}')  # names the site, as browsers do
+    assert list(failures) == ['certificate_path_validation'], failures  # self-signed
+    with pytest.raises(RuntimeError, match='unrecognized name'):
+        sslyze_failures(f'{address}:443')  # a scanner trying addresses: no handshake
 
 
 def test_http_sends_browsers_to_https_but_answers_certbot(provisioned, servers):

@@ -201,18 +201,20 @@ def http_over_unix(path, request):
     return answer
 
 
-@pytest.mark.parametrize('host', ['evil.example', '127.0.0.1.evil.example'])
+@pytest.mark.parametrize('host', ['evil.example', f'{production.SITE_NAME}.evil.example'])
 def test_unknown_host_is_refused_by_flask_too(production_env, database, host):
     """nginx closes the connection on an unknown Host; should a request reach gunicorn
     some other way, Flask's TRUSTED_HOSTS refuses it."""
     with production.serve(production_env.dir, production_env.bin, database) as site:
-        socket_path = site.dir / 'gunicorn.sock'
+        socket_path = site.socket_path
         headers = 'X-Forwarded-Proto: https\r\nConnection: close\r\n'
-        good = http_over_unix(socket_path, f'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n')
+        good = http_over_unix(
+            socket_path, f'GET / HTTP/1.1\r\nHost: {production.SITE_NAME}\r\n{headers}\r\n'
+        )
         bad = http_over_unix(socket_path, f'GET / HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n')
         forwarded = http_over_unix(
             socket_path,
-            f'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-Host: {host}\r\n{headers}\r\n',
+            f'GET / HTTP/1.1\r\nHost: {production.SITE_NAME}\r\nX-Forwarded-Host: {host}\r\n{headers}\r\n',
         )
     assert good.startswith(b'HTTP/1.1 200 ')
     for answer in (bad, forwarded):

@@ -4,13 +4,16 @@
         requests.get(site.https_url, verify=site.certificate)
 
 gunicorn runs with the stage's ``gunicorn.conf.py`` on a Unix socket, and nginx with
-the stage's ``deploy/nginx.conf``, filled in for this machine: free loopback ports, a
-throwaway self-signed certificate, paths in a temporary folder. Both are stopped by
+the stage's ``deploy/nginx.conf`` and ``deploy/nginx-tls.conf``, filled in for this
+machine: the site's name is ``localhost`` (a name, so that clients send it in the TLS
+handshake as browsers do), free loopback ports, a throwaway self-signed certificate,
+paths in a temporary folder. Both are stopped by
 PID, and the folder removed, when the block ends, also on Ctrl-C, SIGTERM or failure.
 nginx comes from the system (``apt-get install nginx``).
 """
 
 import contextlib
+import grp
 import os
 import re
 import secrets
@@ -36,6 +39,11 @@ SOCKET = 'unix:/run/app-deploy/gunicorn.sock'
 CERTIFICATE = '/etc/letsencrypt/live/example.com/fullchain.pem'
 KEY = '/etc/letsencrypt/live/example.com/privkey.pem'
 SERVER_NAME = 'server_name example.com;'
+# The site's name in a loopback run; its requests reach nginx on a port other than 443,
+# which the host passed on to the app must keep for the CSRF check's Referer match.
+SITE_NAME = 'localhost'
+PROXIED_HOST = re.compile(r'^(\s*proxy_set_header (?:X-Forwarded-)?Host \$host);', re.MULTILINE)
+TLS_SNIPPET = 'include snippets/app-deploy-tls.conf;'
 # From stage 06 on the site is a template that deploy/provision.py fills in: fill it in
 # as stage 05's file reads, then change that as above.
 TEMPLATE = {
@@ -51,9 +59,11 @@ TEMP_PATHS = """
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;"""
+# Who nginx's workers run as when nginx starts as root (else as whoever started it).
+NGINX_USER, NGINX_GROUP = 'nobody', 'nogroup'
 # nginx's own configuration for a run: the foreground, and everything in the run's folder.
 MAIN_CONFIG = """\
-daemon off;
+daemon off;{user}
 worker_processes auto;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log;
@@ -82,6 +92,7 @@ class Site:
     https_url: str
     http_url: str
     certificate: Path  # the self-signed certificate, for ``verify=``
+    socket_path: Path  # gunicorn's, which nginx's workers alone may open
     gunicorn_pid: int
     nginx_pid: int
     dir: Path
@@ -137,8 +148,8 @@ def substitute(text, old, new, count=1):
     return text
 
 
-def render_site(site_file, *, http_port, https_port, socket_path, certificate, key):
-    """The production site file, filled in for a loopback run."""
+def render_site(site_file, *, http_port, https_port, socket_path, certificate, key, snippet):
+    """The production site file, filled in for a loopback run, including ``snippet``."""
     text = Path(site_file).read_text()
     for placeholder, value in TEMPLATE.items():
         text = text.replace(placeholder, value)
@@ -146,19 +157,21 @@ def render_site(site_file, *, http_port, https_port, socket_path, certificate, k
     text = substitute(text, HTTP_LISTEN, rf'\g<1>127.0.0.1:{http_port}', count=2)
     text = substitute(text, HTTPS_LISTEN, rf'\g<1>127.0.0.1:{https_port}', count=2)
     text = substitute(text, REDIRECT, REDIRECT.replace('$host', f'$host:{https_port}'))
+    text = substitute(text, PROXIED_HOST, r'\g<1>:$server_port;', count=2)
     text = substitute(text, SOCKET, f'unix:{socket_path}')
-    text = substitute(text, CERTIFICATE, str(certificate), count=2)
-    text = substitute(text, KEY, str(key), count=2)
-    return substitute(text, SERVER_NAME, 'server_name 127.0.0.1;', count=2)
+    text = substitute(text, CERTIFICATE, str(certificate))
+    text = substitute(text, KEY, str(key))
+    text = substitute(text, TLS_SNIPPET, f'include {snippet};', count=3)
+    return substitute(text, SERVER_NAME, f'server_name {SITE_NAME};', count=2)
 
 
 def make_certificate(directory):
-    """A throwaway self-signed certificate for 127.0.0.1; return (certificate, key)."""
+    """A throwaway self-signed certificate for SITE_NAME; return (certificate, key)."""
     certificate, key = directory / 'cert.pem', directory / 'key.pem'
     subprocess.run(
         ['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1']
-        + ['-nodes', '-days', '2', '-subj', '/CN=127.0.0.1']
-        + ['-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', key, '-out', certificate],
+        + ['-nodes', '-days', '2', '-subj', f'/CN={SITE_NAME}']
+        + ['-addext', f'subjectAltName=DNS:{SITE_NAME}', '-keyout', key, '-out', certificate],
         check=True,
         capture_output=True,
     )
@@ -244,7 +257,7 @@ def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=
     """Serve the stage in ``stage_dir`` with gunicorn from ``bin_dir`` behind nginx.
 
     The app runs with ``FLASK_CONFIG=production``, a random ``SECRET_KEY``,
-    ``database_url`` and 127.0.0.1 as its trusted host; ``env`` adds to or overrides
+    ``database_url`` and SITE_NAME as its trusted host; ``env`` adds to or overrides
     the environment. The temporary
     folder is made in ``parent`` (default: the system's), which nginx's workers must
     be able to enter; it holds ``gunicorn.pid`` and ``nginx.pid``. ``site_edit``, if
@@ -257,7 +270,14 @@ def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=
         directory = Path(tempfile.mkdtemp(prefix='app-deploy-production-', dir=parent))
         cleanup.callback(shutil.rmtree, directory, ignore_errors=True)
         directory.chmod(0o755)  # nginx's workers run as nobody when nginx starts as root
-        socket_path = directory / 'gunicorn.sock'
+        # gunicorn believes the X-Forwarded-* headers of whoever reaches its socket, as
+        # on the server: let nginx's workers in, no one else.
+        socket_dir = directory / 'socket'
+        socket_dir.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            os.chown(socket_dir, 0, grp.getgrnam(NGINX_GROUP).gr_gid)
+            socket_dir.chmod(0o750)
+        socket_path = socket_dir / 'gunicorn.sock'
         certificate, key = make_certificate(directory)
 
         gunicorn_env = {
@@ -266,7 +286,7 @@ def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=
             'FLASK_CONFIG': 'production',
             'SECRET_KEY': secrets.token_hex(32),
             'PRODUCTION_DATABASE_URL': database_url,
-            'TRUSTED_HOSTS': '127.0.0.1',  # the site's name in the loopback run
+            'TRUSTED_HOSTS': SITE_NAME,
             'GUNICORN_BIND': f'unix:{socket_path}',
             **(env or {}),
         }
@@ -282,6 +302,8 @@ def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=
         wait_until(lambda: socket_answers(socket_path), gunicorn, gunicorn_log, 'gunicorn')
 
         http_port, https_port = free_port(), free_port()
+        snippet = directory / 'tls.conf'
+        shutil.copyfile(stage_dir / 'deploy' / 'nginx-tls.conf', snippet)
         site = render_site(
             stage_dir / 'deploy' / 'nginx.conf',
             http_port=http_port,
@@ -289,10 +311,12 @@ def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=
             socket_path=socket_path,
             certificate=certificate,
             key=key,
+            snippet=snippet,
         )
         (directory / 'site.conf').write_text(site_edit(site) if site_edit else site)
         temp_paths = TEMP_PATHS.format(dir=directory)
-        main = MAIN_CONFIG.format(dir=directory, temp_paths=temp_paths)
+        user = f'\nuser {NGINX_USER} {NGINX_GROUP};' if os.geteuid() == 0 else ''
+        main = MAIN_CONFIG.format(dir=directory, temp_paths=temp_paths, user=user)
         (directory / 'nginx.conf').write_text(main)
         nginx_log = directory / 'error.log'
         nginx_process = start(
@@ -300,7 +324,7 @@ def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=
             directory / 'nginx.log',
         )
         cleanup.callback(stop, nginx_process, signal.SIGQUIT)  # QUIT: graceful shutdown
-        https_url = f'https://127.0.0.1:{https_port}'
+        https_url = f'https://{SITE_NAME}:{https_port}'
         try:
             wait_until(
                 lambda: url_answers(https_url, certificate), nginx_process, nginx_log, 'nginx'
@@ -310,8 +334,9 @@ def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=
 
         yield Site(
             https_url=https_url,
-            http_url=f'http://127.0.0.1:{http_port}',
+            http_url=f'http://{SITE_NAME}:{http_port}',
             certificate=certificate,
+            socket_path=socket_path,
             gunicorn_pid=gunicorn.pid,
             nginx_pid=nginx_process.pid,
             dir=directory,

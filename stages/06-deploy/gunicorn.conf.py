@@ -19,6 +19,13 @@ workers = int(os.environ.get('WEB_CONCURRENCY', 2 * os.cpu_count() + 1))
 timeout = 30
 graceful_timeout = 30
 
+# nginx refuses request lines over 8 KB and headers over 8 KB each with its own page;
+# take whatever it passes on, so that no refusal is gunicorn's page (its defaults are
+# 4 KB and 100 headers). These are gunicorn's largest, or above what nginx lets through.
+limit_request_line = 8190
+limit_request_fields = 32768
+limit_request_field_size = 16384
+
 # Load the app in the master before forking workers, so a configuration error stops
 # gunicorn with the app's one-line message instead of restarting workers forever.
 # A reload (SIGHUP) forks fresh workers from that app: deploy new code with a restart.
@@ -29,6 +36,6 @@ preload_app = True
 accesslog = '-'
 access_log_format = '%({x-forwarded-for}i)s "%(r)s" %(s)s %(b)s %(M)sms'
 
-# No control socket: systemd stops and reloads gunicorn with signals, and the default
-# path, ~/.gunicorn/gunicorn.ctl, would be shared by every gunicorn of the same user.
+# No control socket (gunicorn 25.1+): systemd stops and reloads gunicorn with signals,
+# and without XDG_RUNTIME_DIR its path, ~/.gunicorn/gunicorn.ctl, is the user's, shared.
 control_socket_disable = True

@@ -124,6 +124,12 @@ if certificate == SELF_SIGNED and not host.get_fact(File, path=f'{SELF_SIGNED}/p
         ],
     )
 site = [
+    files.put(
+        name='Install the TLS settings that each block of the site includes',
+        src='nginx-tls.conf',
+        dest='/etc/nginx/snippets/app-deploy-tls.conf',
+        mode='644',
+    ),
     files.template(
         name='Install the nginx site',
         src='nginx.conf',
