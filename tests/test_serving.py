@@ -147,6 +147,7 @@ def test_security_headers_on_every_answer(site):
             for part in headers['Strict-Transport-Security'].split(';')
         )
         assert int(hsts['max-age']) >= 365 * 24 * 3600, name
+        assert 'includeSubDomains' not in hsts, name  # it would bind staging (Part 6)
         for header, value in SECURITY_HEADERS.items():
             assert value in headers.get(header, ''), (name, header)
         assert "frame-ancestors 'none'" in headers['Content-Security-Policy'], name
