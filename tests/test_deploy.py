@@ -15,8 +15,12 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
+import tarfile
+import tempfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -310,10 +314,13 @@ def test_provisioning_a_second_time_changes_nothing(provisioned):
     assert results(second)[:2] == (0, 0), second
 
 
-def test_the_secrets_are_made_on_the_server_for_the_app_user_alone(provisioned, servers):
+def test_the_secrets_are_made_on_the_server_for_root_alone(provisioned, servers):
     for env, host in servers.items():
-        owner = ssh(host, f'stat -c "%U %a" /etc/app-deploy/{env}.env')
-        assert owner == 'app-deploy 600'
+        owner = ssh(host, f'stat -c "%U %a" /etc/app-deploy /etc/app-deploy/{env}.env')
+        assert owner == 'root 700\nroot 600'
+        # The app cannot read them, nor so rewrite them; systemd hands them to it.
+        read = host.ssh(f'runuser -u app-deploy -- cat /etc/app-deploy/{env}.env', check=False)
+        assert read.returncode != 0 and 'Permission denied' in read.stderr
         settings = dict(
             line.split('=', 1) for line in ssh(host, f'cat /etc/app-deploy/{env}.env').splitlines()
         )
@@ -483,9 +490,9 @@ UNHEALTHY = {
         'gunicorn.conf.py',
         lambda text: text + "raise RuntimeError('a setting that breaks gunicorn')\n",
     ),
-    'it has no gunicorn': (
-        'requirements.txt',
-        lambda text: re.sub(r'^gunicorn==.*\n', '', text, flags=re.MULTILINE),
+    'it has no gunicorn': (  # its pin, with its hashes, gone from what the server installs
+        'deploy/requirements-server.txt',
+        lambda text: re.sub(r'^gunicorn==.*?\n(?=\S)', '', text, flags=re.MULTILINE | re.DOTALL),
     ),
     'its /health answers 503': (
         'app/health.py',
@@ -621,6 +628,47 @@ def test_a_server_that_cannot_be_reached_safely_is_left_alone(
     assert 'Traceback' not in output
     assert current(host, 'production') == before
     assert sites['production'].get('/health').status == 200
+
+
+def test_a_wheel_that_is_not_the_one_hashed_is_refused(project, first_release, servers, sites):
+    """A release whose archive holds a changed wheel (on the way, or on the build machine)
+    is refused by the server's pip, which checks each file against
+    requirements-server.txt, and the site keeps its release."""
+    host = servers['staging']
+    before = current(host, 'staging')
+    name = project.build('A release whose wheel is then changed', {'NOTES.txt': 'changed\n'})
+    archive = project.folder / 'deploy' / 'build' / f'{name}.tar.gz'
+    with tempfile.TemporaryDirectory() as folder:
+        with tarfile.open(archive) as release:
+            release.extractall(folder, filter='data')
+        (wheel,) = Path(folder, 'wheels').glob('blinker-*.whl')
+        with zipfile.ZipFile(wheel, 'a') as changed:
+            changed.writestr('blinker/extra.py', 'print("not what was tested")\n')
+        with tarfile.open(archive, 'w:gz') as release:
+            release.add(folder, arcname='.')
+    result = project.pyinfra('release.py', 'staging', '--data', f'release={name}', check=False)
+    assert result.returncode != 0
+    assert 'THESE PACKAGES DO NOT MATCH THE HASHES' in result.stdout, result.stdout
+    assert f"could not install {name}'s packages" in result.stdout
+    assert current(host, 'staging') == before
+    assert name not in ssh(host, 'ls /srv/app-deploy/staging/releases')
+    assert sites['staging'].get('/health').status == 200
+
+
+# The command that makes deploy/requirements-server.txt, at its top and in Part 6.
+UV_COMPILE = 'uv pip compile requirements.txt --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_17 -o deploy/requirements-server.txt'
+
+
+def test_the_server_requirements_are_what_uv_makes_of_requirements_txt(stage_dir, tmp_path):
+    """deploy/requirements-server.txt is made, not written: uv makes the same file again
+    from requirements.txt, with the command at its top, so they never disagree."""
+    pinned = stage_dir / 'deploy' / 'requirements-server.txt'
+    assert pinned.read_text().splitlines()[1] == f'#    {UV_COMPILE}'
+    shutil.copy(stage_dir / 'requirements.txt', tmp_path)
+    (tmp_path / 'deploy').mkdir()
+    uv = [sys.executable, '-m', 'uv', *UV_COMPILE.split()[1:], '--quiet']
+    subprocess.run(uv, cwd=tmp_path, check=True, timeout=300)
+    assert (tmp_path / 'deploy' / 'requirements-server.txt').read_text() == pinned.read_text()
 
 
 def test_a_full_disk_stops_the_deploy(project, first_release, servers, sites):

@@ -22,7 +22,8 @@ Conventions (each one checked below; a new page, such as Part 4, follows them al
    linking the next page of the nav with its nav title (the last page of the nav names
    what comes, without a link; when a page is added after it, its Next line becomes the
    link). Home has only the Next paragraph.
-4. A screenshot is ``![what it shows](screenshots/stageNN.png){ .screenshot }``.
+4. A screenshot is ``![what it shows](screenshots/stageNN.png){ .screenshot }``; a diagram
+   is ``![its title](diagrams/NAME.svg){ .diagram }``, an SVG drawn by hand.
 5. The repository's address is written once, as repo_url in mkdocs.yml; pages write
    ``{{ repo_url }}``.
 
@@ -81,6 +82,8 @@ RUN_BY = {
     'app_deploy_development"': 'test_troubleshooting.py',
     'psql "$DEV_DATABASE_URL" -c \'select 1\'': 'test_troubleshooting.py',
     'flask create-tables': 'test_troubleshooting.py',
+    'uv pip compile requirements.txt --generate-hashes --python-version 3.11'
+    ' --python-platform x86_64-manylinux_2_17 -o deploy/requirements-server.txt': 'test_deploy.py',
 }
 # Commands no test here can run, and why; something else checks what they rely on.
 NOT_RUN = {
@@ -337,11 +340,20 @@ def test_a_diff_ends_each_part_that_changed_code():
         assert len(markers) <= 1, page.name
 
 
-def test_screenshots_are_framed_and_exist():
+def test_screenshots_are_framed_and_diagrams_say_in_words_what_they_draw():
+    diagrams = 0
     for page in pages():
-        for path, after in re.findall(r'!\[[^\]]+\]\(([^)]+)\)(.*)', page.read_text()):
+        for alt, path, after in re.findall(r'!\[([^\]]+)\]\(([^)]+)\)(.*)', page.read_text()):
             assert (DOCS / path).is_file(), f'{page.name}: {path}'
-            assert after == '{ .screenshot }', f'{page.name}: {path} is framed'
+            if path.startswith('diagrams/'):
+                # An SVG drawn here, whose title, which screen readers read, is the alt text.
+                title = re.search(r'<title id="title">(.*?)</title>', (DOCS / path).read_text())
+                assert title and title[1] == alt, f'{page.name}: {path} and its alt text'
+                assert after == '{ .diagram }', f'{page.name}: {path}'
+                diagrams += 1
+            else:
+                assert after == '{ .screenshot }', f'{page.name}: {path} is framed'
+    assert diagrams >= 4  # Parts 5-8: a request, a release, a commit, an image
 
 
 def test_repository_address_is_written_once():

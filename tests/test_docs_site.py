@@ -118,7 +118,9 @@ def test_screenshots_are_framed(site):
     images = 0
     for page in NAV:
         for tag, attributes in Elements(built(site, page)).tags:
-            if tag == 'img' and 'screenshot' in attributes.get('class', ''):
+            if tag == 'img' and {'screenshot', 'diagram'} & set(
+                attributes.get('class', '').split()
+            ):
                 images += 1
             elif tag == 'img':
                 raise AssertionError(f'{page}: an image without its frame: {attributes}')
@@ -227,3 +229,36 @@ def test_code_fits_a_1280_px_window_and_pages_a_375_px_one(served, browser):  # 
                 assert scroll <= width, f'{name} is {scroll} px wide at {width} px'
         finally:
             context.close()
+
+
+# The images of the page that did not load, by their source.
+BROKEN_IMAGES = """
+() => [...document.querySelectorAll('.md-typeset img')]
+  .filter(img => !img.complete || img.naturalWidth === 0)
+  .map(img => img.getAttribute('src'))
+"""
+
+
+def test_every_image_shows_with_no_network(served, browser):  # noqa: F811
+    """Screenshots and diagrams load from the site itself: any request for another
+    address is refused, and counted."""
+    context = browser.new_context(viewport={'width': 1280, 'height': 900})
+    outside = []
+
+    def refuse(route):
+        outside.append(route.request.url)
+        route.abort()
+
+    context.route(lambda url: not url.startswith(served), refuse)
+    page = context.new_page()
+    shown = 0
+    try:
+        for name in NAV:
+            path = '' if name == 'index.md' else f'{name.removesuffix(".md")}/'
+            page.goto(f'{served}/{path}', wait_until='load')
+            assert page.evaluate(BROKEN_IMAGES) == [], name
+            shown += page.locator('.md-typeset img').count()
+    finally:
+        context.close()
+    assert outside == []
+    assert shown == sum((DOCS / page).read_text().count('![') for page in NAV)

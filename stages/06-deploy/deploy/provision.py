@@ -52,10 +52,16 @@ postgres.database(
     _sudo_user='postgres',
 )
 
-files.directory(name='Add /etc/app-deploy', path='/etc/app-deploy', mode='755')
+files.directory(
+    name='Add /etc/app-deploy, for root alone',
+    path='/etc/app-deploy',
+    user='root',
+    group='root',
+    mode='700',
+)
 if not host.get_fact(File, path=env_file):
-    # Random, made here, written to a file only the app's user reads; the role's password
-    # goes to psql on its input, never on a command line or in a log.
+    # Random, made here, written to a file only root reads (systemd passes it to the app);
+    # the role's password goes to psql on its input, never on a command line or in a log.
     server.shell(
         name='Make the environment file: a secret key, and a password for the role',
         commands=[
@@ -68,10 +74,16 @@ if not host.get_fact(File, path=env_file):
             printf '%s\\n' "SECRET_KEY=$key" \
                 "{env.upper()}_DATABASE_URL=postgresql://{database}:$password@127.0.0.1:5432/{database}" \
                 "TRUSTED_HOSTS={domain}" > {env_file}.new
-            chown app-deploy:app-deploy {env_file}.new
             mv {env_file}.new {env_file}""",
         ],
     )
+files.file(
+    name='Keep the environment file for root alone',
+    path=env_file,
+    user='root',
+    group='root',
+    mode='600',
+)
 files.line(
     name="Trust the site's host name",
     path=env_file,

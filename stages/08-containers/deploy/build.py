@@ -2,8 +2,9 @@
 
 Writes deploy/build/<UTC time>-<git sha>.tar.gz: the app's files at the last commit,
 and in wheels/ every package of requirements.txt, for the server's Python and machine.
-The server installs from those wheels alone, so it needs no access to PyPI and gets
-exactly the packages the tests ran with. Prints the release's name.
+Each wheel must have a hash that deploy/requirements-server.txt lists, here and again
+on the server, which installs from those wheels alone: it needs no access to PyPI,
+and gets exactly the files the tests ran with. Prints the release's name.
 """
 
 import argparse
@@ -41,7 +42,8 @@ def main():
         with tarfile.open(f'{folder}/code.tar') as code:
             code.extractall(f'{folder}/release', filter='data')
         subprocess.run(
-            [sys.executable, '-m', 'pip', 'download', '--quiet', '-r', APP / 'requirements.txt']
+            [sys.executable, '-m', 'pip', 'download', '--quiet', '--require-hashes']
+            + ['-r', APP / 'deploy' / 'requirements-server.txt']
             + ['--dest', f'{folder}/release/wheels', '--only-binary', ':all:']
             + ['--python-version', args.python_version, '--platform', args.platform],
             check=True,
