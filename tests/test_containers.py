@@ -39,9 +39,18 @@ SECTION = '## Run it in containers'
 # The README's container commands, each run here as written (in a copy of the stage, with
 # the run's containers.conf and APP_PORT in the environment).
 BUILD = 'podman build --format docker -t app-deploy .'
+# The README's secrets for compose: a folder of files that the containers read.
+SECRETS = [
+    'mkdir -m 700 secrets',
+    'python3 -c "import secrets; print(secrets.token_hex(32))" > secrets/secret_key',
+    'python3 -c "import secrets; print(secrets.token_hex(32))" > secrets/postgres_password',
+    'echo "postgresql://app_deploy:$(cat secrets/postgres_password)@db:5432/app_deploy"'
+    ' > secrets/database_url',
+    'chmod 644 secrets/*',
+]
 RUNS = [
     BUILD,
-    'cp .env.example .env',
+    *SECRETS,
     'podman-compose up -d',
     'podman-compose down',
     'podman-compose down -v',
@@ -181,22 +190,26 @@ def test_the_readme_commands_are_those_run_here(stage_dir):
     assert sorted(section_commands(stage_dir)) == sorted(RUNS + NOT_RUN)
     # Each Podman command is a Docker one, and the reverse.
     docker = [line for line in NOT_RUN if line.startswith('docker') and 'ghcr.io' not in line]
-    assert len(docker) == len(RUNS) - 1  # cp is the same for both
+    assert len(docker) == len(RUNS) - len(SECRETS)  # the secrets are the same for both
     assert 'docker build -t app-deploy .' in docker
 
 
 def test_stage_08_is_stage_07_and_the_containers(stage_dir):
-    """Part 8 changes no line of the app, of its deploy or its tests."""
+    """Part 8 changes no line of the app but its settings (secrets from files, and no
+    proxy to trust when none is in front), and no line of its deploy."""
     stage_07 = STAGES['07']
     assert changed_files(stage_07, stage_dir) == {
         '.dockerignore',
         '.env.example',
         '.github/workflows/ci.yml',
+        '.gitignore',  # secrets/
         'Dockerfile',
         'README.md',
         'compose.yaml',
+        'config.py',
         'environment.yml',
         'requirements-dev.txt',
+        'tests/test_config.py',
     }
 
 
@@ -346,13 +359,12 @@ def test_compose_brings_the_stack_up_keeps_the_names_and_removes_it_all(
             n for n in engine.podman(*kind.split()).stdout.split() if n.startswith(f'{PROJECT}_')
         ]
         assert not taken, f'compose project {PROJECT} is there already, not made by the tests'
-    engine.shell('cp .env.example .env', copy)
-    env_file = copy / '.env'
-    text = env_file.read_text()
-    for line, value in [('# SECRET_KEY=', SECRET_KEY), ('# POSTGRES_PASSWORD=', PASSWORD)]:
-        (found,) = [old for old in text.splitlines() if old.startswith(line)]
-        text = text.replace(found, f'{line[2:]}{value}')  # filled in, as a reader does
-    env_file.write_text(text)
+    for line in SECRETS:
+        engine.shell(line, copy)
+    secrets = [
+        (copy / 'secrets' / name).read_text().strip()
+        for name in ('secret_key', 'postgres_password')
+    ]
     port = free_port()
     env = {'APP_PORT': str(port)}
     engine.compose_project(PROJECT, copy, env)
@@ -368,6 +380,24 @@ def test_compose_brings_the_stack_up_keeps_the_names_and_removes_it_all(
     assert web['OCIRuntime'] == 'runc', web['OCIRuntime']
     assert {'Name': 'RLIMIT_NOFILE', 'Soft': 1024, 'Hard': 1024} in web['HostConfig']['Ulimits']
     assert web['HostConfig']['ReadonlyRootfs'] is True
+    # The secrets are files in /run/secrets, in no container's environment; no container
+    # may gain privileges, and the app has no capability at all.
+    # Read /proc/1 as the user PID 1 runs as: the image's, and postgres in the database's.
+    for service, user in (('web', []), ('db', ['-u', 'postgres'])):
+        container = f'{PROJECT}_{service}_1'
+        seen = json.dumps(engine.inspect(container)['Config']['Env'])
+        seen += engine.podman('exec', *user, container, 'cat', '/proc/1/environ').stdout
+        assert not any(secret in seen for secret in secrets), service
+        status = engine.podman('exec', *user, container, 'cat', '/proc/1/status').stdout
+        assert re.search(r'^NoNewPrivs:\s+1$', status, re.MULTILINE), service
+        if service == 'web':
+            assert re.search(r'^CapEff:\s+0+$', status, re.MULTILINE), status
+    # Nothing is in front: a client's X-Forwarded-Host is not believed (with it believed,
+    # evil.example would be the host, and not one the app serves: 400).
+    forwarded = site.pool.request(
+        'GET', '/', headers={'Host': HOST, 'X-Forwarded-Host': 'evil.example'}
+    )
+    assert forwarded.status == 200, forwarded.status
     ports = engine.podman('port', f'{PROJECT}_web_1').stdout
     assert ports.strip() == f'8000/tcp -> 127.0.0.1:{port}', ports
     site.add('Compose')

@@ -1,6 +1,7 @@
 """Settings for each environment the app runs in.
 
-Secrets and database URLs come from environment variables, never from this file.
+Secrets and database URLs come from environment variables, never from this file: each
+as NAME, or as NAME_FILE, the path of a file that holds it (compose's secrets).
 """
 
 import logging
@@ -17,9 +18,21 @@ class ConfigError(Exception):
     """A setting the app needs is missing or wrong."""
 
 
+def setting(name):
+    """The value of the environment variable ``name``, or of the file ``name``_FILE names."""
+    path = os.environ.get(f'{name}_FILE')
+    if path:
+        try:
+            with open(path) as file:
+                return file.read().strip()
+        except OSError as error:
+            raise ConfigError(f'{name}_FILE names a file that cannot be read: {error}') from None
+    return os.environ.get(name)
+
+
 def database_url(variable):
     """Return the database URL stored in the environment variable ``variable``."""
-    url = os.environ.get(variable)
+    url = setting(variable)
     if not url:
         raise ConfigError(
             f'{variable} is not set; export it as '
@@ -71,7 +84,7 @@ class Config:
     @classmethod
     def init_app(cls, app):
         """Read the secrets from the environment, failing on a missing one."""
-        app.config['SECRET_KEY'] = os.environ.get('SECRET_KEY') or cls.SECRET_KEY_FALLBACK
+        app.config['SECRET_KEY'] = setting('SECRET_KEY') or cls.SECRET_KEY_FALLBACK
         if not app.config['SECRET_KEY']:
             raise ConfigError('SECRET_KEY is not set; export it as a long random string')
         app.config['SQLALCHEMY_DATABASE_URI'] = database_url(cls.DATABASE_URL_VARIABLE)
@@ -119,8 +132,13 @@ class ProductionConfig(Config):
             raise ConfigError('FLASK_DEBUG is on; no debugger in staging or production')
 
         # nginx is the one proxy in front of the app: trust the last value of the three
-        # X-Forwarded-* headers it sets (deploy/nginx.conf), and no other header.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
+        # X-Forwarded-* headers it sets (deploy/nginx.conf), and no other header. With
+        # nothing in front (compose.yaml sets TRUSTED_PROXIES=0), trust none of them.
+        proxies = os.environ.get('TRUSTED_PROXIES', '1')
+        if proxies not in ('0', '1'):
+            raise ConfigError('TRUSTED_PROXIES is 1 (nginx in front, the default) or 0 (none)')
+        if proxies == '1':
+            app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
 
         # Log to stderr, which systemd sends to the journal, in its style.
         handler = logging.StreamHandler()

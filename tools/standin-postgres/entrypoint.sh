@@ -1,8 +1,12 @@
 #!/bin/sh
 # The official postgres image's entrypoint, in short: make the cluster on the first
-# start (POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB), then run postgres as PID 1.
+# start (POSTGRES_USER, POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE, POSTGRES_DB), then
+# run postgres as PID 1.
 set -eu
 : "${POSTGRES_USER:=postgres}" "${POSTGRES_DB:=$POSTGRES_USER}"
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
+fi
 : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD is not set}"
 mkdir -p "$PGDATA" /var/run/postgresql
 chown postgres:postgres "$PGDATA" /var/run/postgresql

@@ -21,6 +21,7 @@ def environ(monkeypatch):
         'STAGING_DATABASE_URL',
         'PRODUCTION_DATABASE_URL',
         'TRUSTED_HOSTS',
+        'TRUSTED_PROXIES',
         'FLASK_DEBUG',
     ):
         monkeypatch.delenv(variable, raising=False)
@@ -88,6 +89,45 @@ def test_served_settings_come_from_the_environment(served):
     assert app.config['MAX_CONTENT_LENGTH'] == 16 * 1024
     assert not app.debug
     assert not app.testing
+
+
+def test_secrets_can_come_from_files(served, environ, tmp_path):
+    """As compose's secrets hand them over: NAME_FILE, the path of a file with NAME."""
+    (tmp_path / 'key').write_text(f'{"f" * 64}\n')
+    (tmp_path / 'url').write_text(f'{URL}\n')
+    environ.delenv('SECRET_KEY')
+    environ.delenv(f'{served.upper()}_DATABASE_URL')
+    environ.setenv('SECRET_KEY_FILE', str(tmp_path / 'key'))
+    environ.setenv(f'{served.upper()}_DATABASE_URL_FILE', str(tmp_path / 'url'))
+    app = create_app(served)
+    assert app.config['SECRET_KEY'] == 'f' * 64
+    assert app.config['SQLALCHEMY_DATABASE_URI'] == URL.replace(
+        'postgresql', 'postgresql+psycopg2'
+    )
+
+
+def test_a_secret_file_that_cannot_be_read_fails(served, environ, tmp_path):
+    environ.setenv('SECRET_KEY_FILE', str(tmp_path / 'missing'))
+    with pytest.raises(ConfigError, match='SECRET_KEY_FILE names a file that cannot be read'):
+        create_app(served)
+
+
+@pytest.mark.parametrize('proxies, trusted', [(None, True), ('1', True), ('0', False)])
+def test_forwarded_headers_are_trusted_only_with_a_proxy_in_front(
+    served, environ, proxies, trusted
+):
+    if proxies is not None:
+        environ.setenv('TRUSTED_PROXIES', proxies)
+    app = create_app(served)
+    headers = {'X-Forwarded-Host': 'evil.example', 'Host': 'example.com'}
+    answer = app.test_client().get('/no-such-page', headers=headers)  # no database needed
+    assert answer.status_code == (400 if trusted else 404)  # 400: evil.example is not ours
+
+
+def test_an_unknown_number_of_proxies_fails(served, environ):
+    environ.setenv('TRUSTED_PROXIES', '2')
+    with pytest.raises(ConfigError, match='TRUSTED_PROXIES is 1'):
+        create_app(served)
 
 
 def test_missing_secret_key_fails(served, environ):
