@@ -33,6 +33,7 @@ their reviewers, secrets and variables, `concurrency`, the artifact API, and the
 actions themselves.
 """
 
+import dataclasses
 import os
 import re
 import shutil
@@ -366,8 +367,11 @@ def test_deploy_runs_stage_06_commands_one_environment_at_a_time():
         assert job['concurrency'] == {'group': f'deploy-{env}', 'cancel-in-progress': False}
         assert job['defaults']['run']['working-directory'] == 'deploy'
         (deploy,) = [step['run'] for step in job['steps'] if 'pyinfra ' in step.get('run', '')]
-        command = next(line for line in deploy.splitlines() if 'pyinfra ' in line).strip()
-        assert command.startswith(f'pyinfra inventory.py release.py --limit {env} -y --key ')
+        lines = deploy.replace('\\\n', ' ').splitlines()  # continued lines, as bash reads them
+        command = ' '.join(next(line for line in lines if 'pyinfra ' in line).split())
+        assert command.startswith(
+            f'pyinfra inventory.py release.py --limit {env} -y --user deploy --key '
+        )
         assert f'pyinfra inventory.py release.py --limit {env}' in stage_06
     assert 'python3 build.py' in stage_06
     staging = jobs['staging']
@@ -481,7 +485,14 @@ class Deploys:
         self.bin_dir = bin_dir
         self.artifacts = folder / 'artifacts'
         self.artifacts.mkdir()
-        self.key = Path(project.key).read_text()
+        # CI's key, as the README says: in deploy's authorized_keys on both servers (the
+        # production key's place; staging's own goes on staging alone), never root's.
+        key = folder / 'ci_key'
+        subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', key], check=True)
+        public = key.with_suffix('.pub').read_text().strip()
+        for host in servers.values():
+            ssh(host, f"echo '{public}' >> /home/deploy/.ssh/authorized_keys")
+        self.key_file, self.key = key, key.read_text()
         self.known_hosts = ''.join(host.known_hosts.read_text() for host in servers.values())
         self.hosts = folder / 'hosts'
         self.hosts.write_text(
@@ -727,6 +738,21 @@ def test_two_deploys_started_together_never_interleave(first_release, deploys, s
     names = [release_name(path.name) for path in (first.workspace / 'deploy' / 'build').iterdir()]
     assert current(host, 'staging') == names[-1]
     assert ssh(host, 'ls -A /srv/app-deploy/staging/uploads') == ''
+
+
+def test_cis_key_deploys_but_gives_no_root_shell(first_release, deploys, servers):
+    for env, host in servers.items():
+        as_root = dataclasses.replace(host, key=deploys.key_file)
+        assert as_root.ssh('true', check=False).returncode != 0, env  # not let in as root
+        deploy = dataclasses.replace(as_root, user='deploy')
+        assert deploy.ssh('sudo -n true', check=False).returncode != 0, env
+        assert deploy.ssh('sudo -n -i', check=False).returncode != 0, env
+        allowed = deploy.ssh('sudo -n -l').stdout
+        assert re.findall(r'^\s+\((.*?)\) (.*)$', allowed, re.MULTILINE) == [
+            ('root', 'NOPASSWD: /usr/local/sbin/app-deploy-release')
+        ], allowed
+        read = deploy.ssh(f'cat /etc/app-deploy/{env}.env', check=False)
+        assert read.returncode != 0 and 'Permission denied' in read.stderr
 
 
 def test_stage_07_is_stage_06_and_the_automation():

@@ -9,6 +9,7 @@ They need root, systemd-nspawn and the rest (tools/testserver.py); about 3 minut
 """
 
 import contextlib
+import dataclasses
 import os
 import re
 import shlex
@@ -436,6 +437,55 @@ def test_production_takes_only_what_staging_ran(project, first_release, servers)
     assert result.returncode != 0
     assert f'staging has not run {name}; deploy it there first' in result.stdout
     assert current(servers['production'], 'production') == first_release
+
+
+def test_ssh_takes_keys_alone_and_gives_deploy_one_command_as_root(
+    project, first_release, servers, tmp_path
+):
+    """The stand-ins start as a provider's image does, with passwords and root allowed
+    in (tools/testserver.py); provisioning leaves keys alone, and a key of deploy's,
+    such as CI's, may deploy and nothing else as root."""
+    host = servers['staging']
+    keyless = [*host.ssh_command[:-1], '-o', 'BatchMode=yes', '-o', 'PubkeyAuthentication=no']
+    offered = subprocess.run(
+        [*keyless, host.ssh_command[-1], 'true'], capture_output=True, text=True, timeout=60
+    )
+    assert 'Permission denied (publickey).' in offered.stderr, offered.stderr  # no password
+    settings = ssh(host, 'sshd -T').splitlines()
+    for line in ('passwordauthentication no', 'permitrootlogin without-password'):
+        assert line in settings
+    key = tmp_path / 'deploy_key'
+    subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', key], check=True)
+    public = key.with_suffix('.pub').read_text().strip()
+    ssh(host, f"echo '{public}' >> /home/deploy/.ssh/authorized_keys")
+    deploy = dataclasses.replace(host, user='deploy', key=key)
+    try:
+        assert deploy.ssh('id -un').stdout.strip() == 'deploy'
+        assert dataclasses.replace(host, key=key).ssh('true', check=False).returncode != 0
+        assert deploy.ssh('sudo -n true', check=False).returncode != 0
+        allowed = deploy.ssh('sudo -n -l').stdout
+        assert re.findall(r'^\s+\((.*?)\) (.*)$', allowed, re.MULTILINE) == [
+            ('root', 'NOPASSWD: /usr/local/sbin/app-deploy-release')
+        ], allowed
+        # app-deploy-release trusts none of its arguments: none of these touches a file.
+        for arguments in ('install staging current', 'install staging ../../../etc/passwd'):
+            run = deploy.ssh(
+                f'sudo -n /usr/local/sbin/app-deploy-release {arguments}', check=False
+            )
+            assert run.returncode != 0 and "not an upload's name" in run.stderr, run.stderr
+        assert current(host, 'staging') == first_release
+        assert ssh(host, 'test -s /etc/passwd && echo kept') == 'kept'
+        # And it deploys, as CI does: the upload, then app-deploy-release through sudo.
+        command = Project.pyinfra_command('release.py', 'staging', key)
+        project.run(*command, '--user', 'deploy', '--data', f'release={first_release}')
+        assert current(host, 'staging') == first_release  # it runs that one already
+        assert ssh(host, 'ls -A /srv/app-deploy/staging/uploads') == ''
+    finally:
+        ssh(
+            host,
+            f"grep -vxF '{public}' /home/deploy/.ssh/authorized_keys > /tmp/keys || true;"
+            ' cat /tmp/keys > /home/deploy/.ssh/authorized_keys; rm /tmp/keys',
+        )
 
 
 def test_a_release_with_a_migration_drops_no_request(project, first_release, servers, sites):

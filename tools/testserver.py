@@ -478,7 +478,12 @@ def configure(rootfs, name, address, gateway, mirror_hosts):
         f'deb {security} {SUITE}-security main\n'
     )
     (etc / 'ssh/sshd_config.d/testserver.conf').write_text(
-        'HostKey /etc/ssh/ssh_host_ed25519_key\nPasswordAuthentication no\n'
+        'HostKey /etc/ssh/ssh_host_ed25519_key\n'
+    )
+    # What many providers' images ship: passwords, and root with one. Provisioning must
+    # turn both off (stage 06 on); the stand-ins' root has no password to try.
+    (etc / 'ssh/sshd_config.d/50-cloud-init.conf').write_text(
+        'PasswordAuthentication yes\nPermitRootLogin yes\n'
     )
 
 

@@ -42,7 +42,8 @@ if not archive.exists():
 upload = f'/srv/app-deploy/{env}/uploads/{name}.{secrets.token_hex(4)}.tar.gz'
 
 files.put(name=f'Upload {name}', src=str(archive), dest=upload, mode='600')
+# As root, or as deploy, whom sudo lets run app-deploy-release alone (provision.py).
 server.shell(
     name=f'Install {name}, migrate, switch {env} to it, check /health',
-    commands=[f'app-deploy-release install {env} {upload}'],
+    commands=[f'sudo -n /usr/local/sbin/app-deploy-release install {env} {Path(upload).name}'],
 )

@@ -13,5 +13,8 @@ from pyinfra.operations import server
 release = host.data.get('release', '')
 server.shell(
     name=f'Switch {host.data.env} back to {release or "the release before"}',
-    commands=[f'app-deploy-release rollback {host.data.env} {release}'.strip()],
+    # As root, or as deploy, whom sudo lets run app-deploy-release alone (provision.py).
+    commands=[
+        f'sudo -n /usr/local/sbin/app-deploy-release rollback {host.data.env} {release}'.strip()
+    ],
 )

@@ -21,8 +21,8 @@ database = f'app_deploy_{env}'  # the database, and the role that owns it
 env_file = f'/etc/app-deploy/{env}.env'
 
 apt.packages(
-    name='Install Python, nginx, PostgreSQL, curl and nftables',
-    packages=['python3-venv', 'nginx', 'postgresql', 'curl', 'nftables'],
+    name='Install Python, nginx, PostgreSQL, curl, nftables and sudo',
+    packages=['python3-venv', 'nginx', 'postgresql', 'curl', 'nftables', 'sudo'],
     no_recommends=True,
     update=True,
     cache_time=24 * 3600,
@@ -36,6 +36,38 @@ server.user(
     home='/nonexistent',
     create_home=False,
 )
+
+server.user(
+    name='Add the user deploys log in as: a key, no password, sudo for one command',
+    user='deploy',
+    system=True,
+    shell='/bin/sh',
+    home='/home/deploy',
+    create_home=True,
+)
+# Its keys are yours to add, one line each: CI's (Part 7), or your own for deploys.
+files.directory(
+    name="Add deploy's ssh folder",
+    path='/home/deploy/.ssh',
+    user='deploy',
+    group='deploy',
+    mode='700',
+)
+files.file(
+    name="Add deploy's authorized_keys, kept as it is",
+    path='/home/deploy/.ssh/authorized_keys',
+    user='deploy',
+    group='deploy',
+    mode='600',
+)
+sudoers = files.put(
+    name='Let deploy run app-deploy-release as root, and nothing else',
+    src='sudoers',
+    dest='/etc/sudoers.d/app-deploy',
+    mode='440',
+)
+if sudoers.will_change:
+    server.shell(name="Check sudo's rules", commands=['visudo -cq'])
 
 postgres.role(
     name='Add the PostgreSQL role of the environment',
@@ -92,7 +124,13 @@ files.line(
 )
 
 files.directory(name='Add the releases folder', path=f'/srv/app-deploy/{env}/releases', mode='755')
-files.directory(name='Add the uploads folder', path=f'/srv/app-deploy/{env}/uploads', mode='700')
+files.directory(
+    name='Add the uploads folder, where deploy puts releases',
+    path=f'/srv/app-deploy/{env}/uploads',
+    user='deploy',
+    group='deploy',
+    mode='700',
+)
 files.put(
     name='Install app-deploy-release, which installs and switches releases',
     src='app-deploy-release',
@@ -166,6 +204,16 @@ site = [
 if any(change.will_change for change in site):
     server.shell(name='Check the nginx configuration', commands=['nginx -t -q'])
     systemd.service(name='Reload nginx', service='nginx.service', reloaded=True)
+
+sshd = files.put(
+    name='Let in keys alone over ssh, and root with a key alone',
+    src='sshd.conf',
+    dest='/etc/ssh/sshd_config.d/00-app-deploy.conf',
+    mode='644',
+)
+if sshd.will_change:
+    server.shell(name="Check sshd's settings", commands=['sshd -t'])
+    systemd.service(name='Reload sshd', service='ssh.service', reloaded=True)
 
 firewall = files.put(
     name='Install the firewall rules: ssh, HTTP, HTTPS',
