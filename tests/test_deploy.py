@@ -350,6 +350,29 @@ def test_the_firewall_lets_in_ssh_http_and_https_alone(provisioned, servers):
         ssh(host, 'systemctl stop probe', check=False)
 
 
+def test_new_ssh_connections_are_rate_limited_per_address(provisioned, servers):
+    """A flood of new connections from this machine is cut after the burst; the ssh
+    connection already open (Host.ssh keeps one) and the site carry on."""
+    host = servers['production']
+    ssh(host, 'nft flush set inet filter ssh_ipv4')  # the run's own earlier connections
+    opened = 0
+    for _ in range(30):
+        try:
+            socket.create_connection((host.address, 22), timeout=1).close()
+        except OSError:
+            break
+        opened += 1
+    try:
+        assert opened == 20  # the burst; then 10 a minute, one every 6 s
+        with pytest.raises(OSError):
+            socket.create_connection((host.address, 22), timeout=1)
+        socket.create_connection((host.address, 443), timeout=2).close()
+        counted = ssh(host, 'nft list chain inet filter input | grep counter')
+        assert int(re.search(r'dport 22 counter packets (\d+)', counted)[1]) >= 2, counted
+    finally:
+        ssh(host, 'nft flush set inet filter ssh_ipv4')  # this machine may connect again
+
+
 @pytest.mark.parametrize('env', DOMAINS)
 def test_tls_is_mozilla_intermediate_for_the_site_and_shut_to_others(provisioned, servers, env):
     address, domain = servers[env].address, DOMAINS[env]
@@ -529,6 +552,56 @@ def test_a_release_with_a_migration_drops_no_request(project, first_release, ser
         " WHERE table_name = 'names'\" app_deploy_production",
     )
     assert 'note' in columns.split()
+
+
+def test_a_restart_finishes_a_slow_request_and_drops_none(first_release, servers, sites):
+    """The restart each deploy ends with, while every request waits on a lock: the old
+    gunicorn answers what it holds (graceful_timeout), the socket queues what arrives
+    meanwhile for the new one. Prints the restart's length and the longest wait."""
+    host, site, stop, answers = servers['production'], sites['production'], threading.Event(), []
+    held = 2.5  # seconds; under the app's lock_timeout of 3 s, so the requests are answered
+
+    def client():
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                status = site.get('/').status
+            except urllib3.exceptions.HTTPError as error:
+                status = repr(error)
+            answers.append((status, time.monotonic() - started))
+
+    locked = []  # psql's answer: the lock was taken and held
+
+    def hold_the_lock():  # the names table locked, as a migration's ALTER TABLE holds it
+        sql = f'BEGIN; LOCK TABLE names; SELECT pg_sleep({held}); COMMIT;'
+        locked.append(ssh(host, f'runuser -u postgres -- psql -qc "{sql}" app_deploy_production'))
+
+    lock = threading.Thread(target=hold_the_lock)
+    clients = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    for thread in clients:
+        thread.start()
+    try:
+        time.sleep(1)
+        lock.start()
+        time.sleep(0.5)  # the lock taken, requests waiting on it in gunicorn
+        started = time.monotonic()
+        ssh(host, 'systemctl restart app-deploy@production.service')
+        restart = time.monotonic() - started
+        lock.join()
+        time.sleep(1)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join()
+        if lock.ident:
+            lock.join()
+    failed = [status for status, _ in answers if status != 200]
+    longest = max(seconds for _, seconds in answers)
+    print(
+        f'restart with requests held {held} s by a lock: the restart took {restart:.1f} s,'
+        f' the longest request {longest:.1f} s; {len(answers)} requests, {len(failed)} failed'
+    )
+    assert locked and failed == []
 
 
 # --- Faults ----------------------------------------------------------------------------

@@ -276,10 +276,24 @@ class Host:
     def ssh_line(self):
         return shlex.join(self.ssh_command)
 
+    @property
+    def control_path(self):
+        """The socket of the one ssh connection that this user and key keep open to it.
+
+        The servers limit new ssh connections per address (deploy/nftables.conf), as
+        a real one does; a run's commands share one connection each, so they never
+        meet that limit. The key is in the name so that no other key rides on it.
+        """
+        tag = hashlib.sha256(f'{self.user} {self.key}'.encode()).hexdigest()[:16]
+        return self.folder / f'ssh-{tag}'
+
     def ssh(self, command, check=True, timeout=120, **kwargs):
         """Run the shell command ``command`` on the server; return the CompletedProcess."""
+        *ssh, login = self.ssh_command
+        ssh += ['-o', 'BatchMode=yes', '-o', 'ControlMaster=auto', '-o', 'ControlPersist=60']
+        ssh += ['-o', f'ControlPath={self.control_path}', '-o', 'ServerAliveInterval=5']
         return subprocess.run(
-            [*self.ssh_command[:-1], '-o', 'BatchMode=yes', self.ssh_command[-1], command],
+            [*ssh, login, command],
             check=check,
             text=True,
             capture_output=True,
@@ -556,6 +570,7 @@ def teardown(pid, name, host=None, timeout=30):
     could not remove, and goes on.
     """
     made = names(pid, name)
+    stop_shared_ssh(made['folder'])
     if host and host.process:
         halt(host, timeout)
     else:  # a killed run's: stop its nspawn by the PID it wrote, if that is still nspawn
@@ -574,6 +589,17 @@ def teardown(pid, name, host=None, timeout=30):
             action(*args)
         except (OSError, TestServerError) as error:
             print(f'testserver {name}: could not remove its {what}: {error}', file=sys.stderr)
+
+
+def stop_shared_ssh(folder):
+    """Stop the ssh connections that Host.ssh left open to the server, by their PIDs."""
+    for control in folder.glob('ssh-*'):
+        ask = ['ssh', '-o', f'ControlPath={control}', '-O']
+        check = subprocess.run([*ask, 'check', 'server'], capture_output=True, text=True)
+        found = re.search(r'\(pid=(\d+)\)', check.stderr)
+        if found:
+            subprocess.run([*ask, 'exit', 'server'], capture_output=True, timeout=10)
+            run._stop(int(found[1]), str(control), signal.SIGTERM)
 
 
 def halt(host, timeout):
