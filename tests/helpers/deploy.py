@@ -1,0 +1,198 @@
+"""A reader's project deployed to the stand-in servers with pyinfra (stages 06 on)."""
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import urllib3
+
+from tests.helpers.reader import PooledSite
+
+DOMAINS = {'staging': 'staging.app-deploy.test', 'production': 'www.app-deploy.test'}
+
+
+# The README's commands, in deploy/ (the tests add --key, and -y: do not ask).
+KEYSCAN = 'ssh-keyscan -t ed25519 "$STAGING_HOST" "$PRODUCTION_HOST" > known_hosts'
+
+
+FINGERPRINTS = 'ssh-keygen -lf known_hosts'
+
+
+PIN = 'git add known_hosts && git commit -m "Pin the servers\' host keys"'
+
+
+CLIENTS = 20
+
+
+# What a failed command's report adds from each server: its failed units, and the end of
+# its journal (the output of a unit's short-lived process, such as nft's error, may not
+# be filed under the unit), less sshd's lines.
+FAILED_UNITS = (
+    "systemctl list-units --state=failed --no-legend --plain | cut -d' ' -f1"
+    ' | xargs -r systemctl status --no-pager --lines=0;'
+    " journalctl -b -o short-precise --no-pager | grep -v ' sshd\\[' | tail -n 40"
+)
+
+
+class Project:
+    """A reader's project: a git copy of the stage, deployed with its deploy/ commands."""
+
+    def __init__(self, stage_dir, folder, bin_dir, servers):
+        self.folder, self.servers, self.outputs = folder, servers, []
+        shutil.copytree(stage_dir, folder, ignore=shutil.ignore_patterns('__pycache__', '.venv'))
+        self.key = servers['staging'].key
+        self.env = {**os.environ, 'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}'}
+        for env, host in servers.items():
+            self.env[f'{env.upper()}_HOST'] = host.address
+            self.env[f'{env.upper()}_DOMAIN'] = DOMAINS[env]
+        for role in ('AUTHOR', 'COMMITTER'):
+            self.env.update(
+                {f'GIT_{role}_NAME': 'Reader', f'GIT_{role}_EMAIL': 'reader@example.com'}
+            )
+        self.git('init', '--quiet')
+        self.commit('The stage, as the reader has it')
+        # The README's steps that pin the servers' keys: fetch them, compare their
+        # fingerprints with those the servers have (here, those they were made with),
+        # commit them.
+        self.run('bash', '-c', KEYSCAN)
+        fingerprints = self.run(*FINGERPRINTS.split()).stdout.split()
+        for host in servers.values():
+            pinned = subprocess.run(
+                ['ssh-keygen', '-lf', host.known_hosts], capture_output=True, text=True
+            )
+            assert pinned.stdout.split()[1] in fingerprints
+        self.run('bash', '-c', PIN)
+
+    def git(self, *args):
+        subprocess.run(
+            ['git', *args], cwd=self.folder, env=self.env, check=True, capture_output=True
+        )
+
+    def commit(self, message, files=None):
+        for path, text in (files or {}).items():
+            (self.folder / path).write_text(text)
+        self.git('add', '--all')
+        self.git('commit', '--quiet', '--allow-empty', '-m', message)
+
+    def build(self, message=None, files=None):
+        """Commit ``files`` ({path: text}), build a release of it, return its name."""
+        if message:
+            self.commit(message, files)
+        result = self.run('python3', 'build.py')
+        return result.stdout.strip().splitlines()[-1]
+
+    def run(self, *command, check=True, timeout=300):
+        result = subprocess.run(
+            command,
+            cwd=self.folder / 'deploy',
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # pyinfra's progress, with the results
+            text=True,
+            timeout=timeout,
+        )
+        self.outputs.append(result.stdout)
+        if check and result.returncode:
+            report = f'{shlex.join(command)} failed:\n{result.stdout}{self.failed_units()}'
+            raise AssertionError(report)
+        return result
+
+    def failed_units(self):
+        """The servers' failed units, with their journals: what a failed command's report
+        lacks, and what is gone once the servers are removed."""
+        report = ''
+        for env, host in self.servers.items():
+            try:
+                status = host.ssh(FAILED_UNITS, check=False, timeout=30)
+                report += f'\n--- failed units on {env} ---\n{status.stdout}{status.stderr}'
+            except subprocess.TimeoutExpired:
+                report += f'\n--- failed units on {env}: no answer in 30 s ---'
+        return report
+
+    @staticmethod
+    def pyinfra_command(deploy, env, key=''):
+        """``pyinfra inventory.py DEPLOY [--limit ENV]`` as the README has it, with the
+        run's key and -y (do not ask first)."""
+        limit = ['--limit', env] if env else []
+        return ['pyinfra', 'inventory.py', deploy, *limit, '--key', str(key), '-y']
+
+    def pyinfra(self, deploy, env=None, *args, check=True, **kwargs):
+        """Run ``pyinfra inventory.py DEPLOY`` for ``env`` (both when None)."""
+        command = self.pyinfra_command(deploy, env, self.key)
+        return self.run(*command, *args, check=check, **kwargs)
+
+    def popen_pyinfra(self, deploy, env, *args):
+        return subprocess.Popen(
+            [*self.pyinfra_command(deploy, env, self.key), *args],
+            cwd=self.folder / 'deploy',
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+def ssh(host, command, **kwargs):
+    return host.ssh(command, **kwargs).stdout.strip()
+
+
+def current(host, env):
+    """The release that ``current`` points to on ``host``."""
+    return Path(ssh(host, f'readlink /srv/app-deploy/{env}/current')).name
+
+
+def site(host, env, certificate):
+    """The site of one environment over HTTPS, its certificate checked."""
+    domain = DOMAINS[env]
+    pool = urllib3.HTTPSConnectionPool(
+        host.address,
+        443,
+        maxsize=CLIENTS,
+        ca_certs=str(certificate),
+        server_hostname=domain,
+        assert_hostname=domain,
+        timeout=urllib3.Timeout(connect=5, read=40),
+        retries=False,
+    )
+    return PooledSite(pool, domain)
+
+
+@contextlib.contextmanager
+def load_on(site, clients=CLIENTS, seconds=300):
+    """``clients`` threads sending GET / to ``site`` for the block (at most ``seconds``),
+    from a second before it to a second after; yields their (status, seconds) list."""
+    answers, stop = [], threading.Event()
+
+    def client():
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                status = site.get('/').status
+            except urllib3.exceptions.HTTPError as error:
+                status = repr(error)
+            answers.append((status, time.monotonic() - started))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1)
+        yield answers
+        time.sleep(1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+def sudo_allows(host):
+    """What ``sudo -l`` lets ``host``'s user run: [(as whom, the command), ...]."""
+    allowed = host.ssh('sudo -n -l').stdout
+    return re.findall(r'^\s+\((.*?)\) (.*)$', allowed, re.MULTILINE)
