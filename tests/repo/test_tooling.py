@@ -291,7 +291,7 @@ def test_serve_on_a_database_of_another_role_says_so_in_one_line(database, role,
 
 
 def test_a_second_run_waits_for_the_first_and_says_so(envdir):
-    with open(envdir / '.app-deploy-noxrun.lock', 'a+') as held:
+    with open(envdir / '.app-deploy-run.lock', 'a+') as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # as a run in progress holds it
         held.truncate(0)
         held.write('4242')
