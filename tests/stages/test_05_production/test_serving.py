@@ -24,7 +24,7 @@ import requests
 
 from tests.helpers.reader import stored_names
 from tools import loopback
-from tools.processes import free_port
+from tools.processes import children, free_port
 from tools.stages import ROOT
 
 pytestmark = pytest.mark.stages('05')
@@ -398,7 +398,7 @@ def test_signal_stops_everything_and_leaves_nothing(production_env, database, si
         try:
             master, nginx, directory = runner.stdout.readline().split()
             pids = [int(master), int(nginx)]
-            pids += loopback.children(int(master)) + loopback.children(int(nginx))
+            pids += children(int(master)) + children(int(nginx))
             runner.send_signal(signum)
             runner.wait(60)
         finally:
