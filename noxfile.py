@@ -19,9 +19,8 @@ need into .nox/_bootstrap) or, with nox installed, as nox. The stage sessions an
 serve use a throwaway PostgreSQL server, or yours when APP_DEPLOY_POSTGRES_URL names it.
 """
 
-import atexit
+import contextlib
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,8 @@ except ModuleNotFoundError:  # run as `python3 noxfile.py` where nox is not inst
     run_with_nox(__file__)
 
 from tools import noxrun, postgres  # noqa: E402
+from tools.noxrun import flask_option  # noqa: E402
+from tools.processes import port_taken  # noqa: E402
 from tools.stagediff import stage_diff  # noqa: E402
 from tools.stages import STAGES, flask_app, setup_command, title  # noqa: E402
 
@@ -45,33 +46,10 @@ from tools.stages import STAGES, flask_app, setup_command, title  # noqa: E402
 if __name__ == '__main__':
     os.environ.setdefault('APP_DEPLOY_NOX_COMMAND', 'python3 noxfile.py')
 COMMAND = os.environ.get('APP_DEPLOY_NOX_COMMAND', 'nox')
-
-
-def option(argv, *names):
-    """The values given to the nox option ``names`` in ``argv`` (before ``--``)."""
-    argv = argv[: argv.index('--')] if '--' in argv else argv
-    values, taking = [], False
-    for arg in argv:
-        if arg.startswith('-'):
-            name, equals, value = arg.partition('=')
-            taking = arg in names
-            values += [value] if equals and name in names else []
-        elif taking:
-            values.append(arg)
-    return values
-
-
-ARGV = sys.argv[1:]
-LISTING = bool(
-    {'-l', '--list', '--list-sessions', '--json', '-h', '--help', '--version'}
-    & {*ARGV[: ARGV.index('--') if '--' in ARGV else None]}
-)
-# One run at a time per environment folder; SIGTERM and SIGHUP stop the run as Ctrl-C
-# does; the folders of killed runs are deleted (tools/noxrun.py).
-OWNER = noxrun.begin(Path((option(ARGV, '--envdir') or ['.nox'])[-1]).resolve(), COMMAND, LISTING)
-if OWNER:
-    # At the end of the run, drop what a killed session left on the reader's server.
-    atexit.register(postgres.drop_run_databases)
+# Start or join the run, before nox starts its --parallel children: one at a time per
+# environment folder, SIGTERM and SIGHUP stop it as Ctrl-C does, and what killed runs
+# left is removed (tools/noxrun.py). nox has no hook that runs once before them.
+noxrun.start(sys.argv[1:], COMMAND)
 
 VENV = 'uv|virtualenv'
 DOCS_ENV = {'NO_MKDOCS_2_WARNING': '1'}  # Material's banner about its successor
@@ -83,15 +61,8 @@ nox.options.default_venv_backend = VENV
 nox.options.sessions = [*(f'stage{number}' for number in STAGES), 'lint', 'docs']
 # Independent sessions run side by side, one per core, each in a nox process of its
 # own; one session named with -s runs here, its output shown as it comes.
-if len(option(ARGV, '-s', '-e', '--session', '--sessions')) != 1:
+if not noxrun.one_session(sys.argv[1:]):
     nox.options.parallel = 'auto'
-    # Check the reader's server once, first: one that refuses stops the whole run with
-    # one line, rather than each session side by side with a line of its own.
-    if OWNER and not LISTING and os.environ.get(postgres.SERVER_VARIABLE):
-        try:
-            postgres.server_url()
-        except postgres.ServerError as error:
-            sys.exit(f'nox > {error}')
 
 
 def fail(session, message):
@@ -167,24 +138,27 @@ def screenshots(session):
         session.notify(f'stage{number}', ['-k', 'browser'])
 
 
-def flask_option(args, long, short, default):
-    """The value of ``flask run``'s option ``long``/``short`` in ``args``, else ``default``."""
-    for index, arg in enumerate(args):
-        if arg in (long, short) and index + 1 < len(args):
-            return args[index + 1]
-        if arg.startswith(f'{long}='):
-            return arg.split('=', 1)[1]
-    return default
-
-
-def port_taken(host, port):
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as flask run does
+@contextlib.contextmanager
+def dev_database(session):
+    """DEV_DATABASE_URL if set, else a new database on the tests' server, dropped after."""
+    url, made = os.environ.get('DEV_DATABASE_URL'), None
+    if url:
+        session.log(f'Using DEV_DATABASE_URL: {postgres.masked(url)}')
+    else:
+        server_url = postgres_url(session)
+        made = postgres.unique_name(noxrun.database_prefix('serve'))
+        url = postgres.create_database(server_url, made)
+        session.log(f'In a new database, {made}, dropped when serve stops')
+        session.log('(set DEV_DATABASE_URL to serve from a database of yours)')
+    try:
         try:
-            sock.bind((host, int(port)))
-        except OSError:
-            return True
-    return False
+            postgres.check_can_create_tables(url)
+        except postgres.ServerError as error:
+            fail(session, str(error))
+        yield url
+    finally:
+        if made:
+            postgres.drop_database(server_url, made)
 
 
 @nox.session(allow_parallel=False)
@@ -202,24 +176,10 @@ def serve(session):
             f'{{nox}} -s serve -- {number} --port {int(port) + 1}',
         )
     env = {'FLASK_APP': flask_app(directory), 'FLASK_RUN_HOST': host, 'FLASK_RUN_PORT': port}
-    made = None
-    if env['FLASK_APP'] == 'wsgi.py':
-        env['FLASK_CONFIG'] = 'development'
-        url = os.environ.get('DEV_DATABASE_URL')
-        if url:
-            session.log(f'Using DEV_DATABASE_URL: {postgres.masked(url)}')
-        else:
-            server_url = postgres_url(session)
-            made = postgres.unique_name(noxrun.database_prefix('serve'))
-            url = postgres.create_database(server_url, made)
-            session.log(f'In a new database, {made}, dropped when serve stops')
-            session.log('(set DEV_DATABASE_URL to serve from a database of yours)')
-        try:
-            postgres.check_can_create_tables(url)
-        except postgres.ServerError as error:
-            fail(session, str(error))
-        env['DEV_DATABASE_URL'] = url
-    try:
+    with contextlib.ExitStack() as stack:
+        if env['FLASK_APP'] == 'wsgi.py':  # stage 02 on: the names, in PostgreSQL
+            env.update(FLASK_CONFIG='development')
+            env['DEV_DATABASE_URL'] = stack.enter_context(dev_database(session))
         session.install('-r', str(directory / 'requirements.txt'))
         session.chdir(directory)
         if env['FLASK_APP'] == 'wsgi.py':
@@ -229,9 +189,6 @@ def serve(session):
         else:
             session.log(f'Open http://{host}:{port}/ in your browser; Ctrl-C stops the app.')
             session.run('flask', 'run', *flask_args, env=env)
-    finally:
-        if made:
-            postgres.drop_database(server_url, made)
 
 
 def serve_production(session, directory, url):
