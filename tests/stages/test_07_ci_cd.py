@@ -40,6 +40,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -86,6 +87,14 @@ def evaluate(text, context):
     return EXPRESSION.sub(value, str(text))
 
 
+class StepResult(NamedTuple):
+    """How one step of a replayed job ended."""
+
+    label: str  # the step's name, its `uses:` or its `run:`
+    code: int | None  # its exit code; None when it was skipped
+    output: str
+
+
 class Replay:
     """One job of a workflow, its steps run here in order (the module docstring says how).
 
@@ -109,7 +118,7 @@ class Replay:
             'GITHUB_REPOSITORY': 'reader/app-deploy',
             'RUNNER_TEMP': str(self.runner_temp),
         }
-        self.results = []  # (step's label, exit code or None when skipped, output)
+        self.results = []  # a StepResult per step, in order
         self.failed = False
         self.position = 0
 
@@ -170,20 +179,20 @@ class Replay:
         condition = step.get('if')
         assert condition in (None, 'always()'), condition
         if self.failed and condition != 'always()':
-            self.results.append((self.label(step), None, ''))
+            self.results.append(StepResult(self.label(step), None, ''))
         elif 'run' in step and step.get('id') not in self.local:
             process = process or self.start(step)
             output, _ = process.communicate(timeout=600)
             self.outputs(step)
-            self.results.append((self.label(step), process.returncode, output))
+            self.results.append(StepResult(self.label(step), process.returncode, output))
         else:
             key = step.get('id') if step.get('id') in self.local else step['uses'].split('@')[0]
             assert key in self.local, f'no local equivalent for {key}'
             with_ = {k: evaluate(v, self.context) for k, v in step.get('with', {}).items()}
             code = self.local[key](self, step, with_)
             self.outputs(step)
-            self.results.append((self.label(step), code, ''))
-        self.failed = self.failed or self.results[-1][1] not in (0, None)
+            self.results.append(StepResult(self.label(step), code, ''))
+        self.failed = self.failed or self.results[-1].code not in (0, None)
         self.position += 1
         return self.results[-1]
 
@@ -197,7 +206,7 @@ class Replay:
         return self
 
     def result(self, label):
-        (found,) = [result for result in self.results if result[0] == label]
+        (found,) = [result for result in self.results if result.label == label]
         return found
 
     @property
@@ -437,7 +446,7 @@ def test_ci_lint_job_fails_on_code_ruff_would_change(tmp_path, stage_bin):
         (replay.workspace / 'wsgi.py').read_text() + '\nx = "double quotes"\n'
     )
     replay.run()
-    assert replay.result('ruff check')[1] == 0
+    assert replay.result('ruff check').code == 0
     label, code, output = replay.result('ruff format --check')
     assert code == 1 and '--> wsgi.py' in output and '1 file would be reformatted' in output
 
@@ -446,8 +455,8 @@ def test_ci_test_job_passes_replayed(tmp_path, stage_bin, database):
     replay = ci_replay('test', tmp_path, stage_bin, database).run()
     assert replay.passed, replay.output
     assert [code for *_, code, _ in replay.results] == [0] * 6
-    assert re.search(r'\d+ passed', replay.result('pytest')[2])
-    assert ' skipped' not in replay.result('pytest')[2]
+    assert re.search(r'\d+ passed', replay.result('pytest').output)
+    assert ' skipped' not in replay.result('pytest').output
 
 
 def test_ci_flask_db_check_fails_on_a_model_changed_without_a_migration(
@@ -466,7 +475,7 @@ def test_ci_flask_db_check_fails_on_a_model_changed_without_a_migration(
     for step in replay.job['steps']:
         if step.get('run') in ('flask db upgrade', 'flask db check'):
             replay.step(step)
-    assert replay.result('flask db upgrade')[1] == 0
+    assert replay.result('flask db upgrade').code == 0
     label, code, output = replay.result('flask db check')
     assert code == 1, output
     assert 'New upgrade operations detected' in output
@@ -619,7 +628,7 @@ def test_staging_then_production_run_the_same_release(first_release, deploys, se
     for env, host in servers.items():
         assert current(host, env) == name
     for replay in (staging, production):
-        assert replay.result('Check /health over HTTPS')[2].strip() == '{"status":"ok"}'
+        assert replay.result('Check /health over HTTPS').output.strip() == '{"status":"ok"}'
     # Production built nothing: the archive it deployed is the one staging uploaded.
     assert sorted(p.name for p in (production.workspace / 'deploy' / 'build').iterdir()) == [
         f'{name}.tar.gz'
@@ -655,16 +664,16 @@ def test_production_refuses_an_archive_staging_did_not_run(first_release, deploy
     label, code, output = replay.result('Deploy to production the release staging ran')
     assert code != 0
     assert f'staging has not run {name}; deploy it there first' in output
-    assert replay.result('Check /health over HTTPS')[1] is None  # skipped
-    assert replay.result('Remove the ssh key')[1] == 0
+    assert replay.result('Check /health over HTTPS').code is None  # skipped
+    assert replay.result('Remove the ssh key').code == 0
     assert current(servers['production'], 'production') == first_release[0]
 
 
 def test_production_stops_when_staging_has_not_run_the_commit(first_release, deploys, servers):
     deploys.project.commit('Another commit, never on staging', {'NOTES.txt': 'never\n'})
     replay = deploys.replay('production').run()
-    assert replay.result('Find the release staging ran of this commit')[1] != 0
-    assert replay.result('Deploy to production the release staging ran')[1] is None
+    assert replay.result('Find the release staging ran of this commit').code != 0
+    assert replay.result('Deploy to production the release staging ran').code is None
     assert current(servers['production'], 'production') == first_release[0]
 
 
@@ -695,7 +704,7 @@ def test_a_release_failing_its_health_check_leaves_production_as_it_was(
     assert (
         f'{name} did not start or failed its health check; production runs {before} again'
     ) in output
-    assert production.result('Check /health over HTTPS')[1] is None
+    assert production.result('Check /health over HTTPS').code is None
     assert not production.passed
     assert current(servers['production'], 'production') == before
     answer = ssh(
@@ -732,7 +741,7 @@ def test_two_deploys_started_together_never_interleave(first_release, deploys, s
     label, code, output = second.result('Deploy to staging')
     assert code != 0
     assert LOCK_MESSAGE in output
-    assert second.result('actions/upload-artifact')[1] is None  # nothing for production
+    assert second.result('actions/upload-artifact').code is None  # nothing for production
     names = [release_name(path.name) for path in (first.workspace / 'deploy' / 'build').iterdir()]
     assert current(host, 'staging') == names[-1]
     assert ssh(host, 'ls -A /srv/app-deploy/staging/uploads') == ''
