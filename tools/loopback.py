@@ -243,7 +243,7 @@ def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=
     folder is made in ``parent`` (default: the system's), which nginx's workers must
     be able to enter; it holds ``gunicorn.pid`` and ``nginx.pid``. ``site_edit``, if
     given, changes the rendered site file (the benchmark lifts the rate limit). Yields
-    a `Site`.
+    a `LoopbackSite`.
     """
     stage_dir, bin_dir = Path(stage_dir), Path(bin_dir)
     nginx = nginx_binary()
@@ -251,40 +251,18 @@ def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=
         directory = Path(tempfile.mkdtemp(prefix='app-deploy-production-', dir=parent))
         cleanup.callback(shutil.rmtree, directory, ignore_errors=True)
         directory.chmod(0o755)  # nginx's workers run as nobody when nginx starts as root
-        # gunicorn believes the X-Forwarded-* headers of whoever reaches its socket, as
-        # on the server: let nginx's workers in, no one else.
-        socket_dir = directory / 'socket'
-        socket_dir.mkdir(mode=0o700)
-        if os.geteuid() == 0:
-            os.chown(socket_dir, 0, grp.getgrnam(NGINX_GROUP).gr_gid)
-            socket_dir.chmod(0o750)
-        socket_path = socket_dir / 'gunicorn.sock'
-        certificate, key = make_certificate(directory)
-
-        gunicorn_env = {
-            **os.environ,
-            'PATH': f'{bin_dir}{os.pathsep}{os.environ.get("PATH", "")}',
+        socket_path = socket_folder(directory) / 'gunicorn.sock'
+        app_env = {
             'FLASK_CONFIG': 'production',
             'SECRET_KEY': secrets.token_hex(32),
             'PRODUCTION_DATABASE_URL': database_url,
             'TRUSTED_HOSTS': SITE_NAME,
-            'GUNICORN_BIND': f'unix:{socket_path}',
             **(env or {}),
         }
-        gunicorn_log = directory / 'gunicorn.log'
-        config = ['--config', 'gunicorn.conf.py', '--pid', directory / 'gunicorn.pid']
-        gunicorn = start(
-            [bin_dir / 'gunicorn', *config, 'wsgi:app'],
-            gunicorn_log,
-            cwd=stage_dir,
-            env=gunicorn_env,
-        )
+        gunicorn = start_gunicorn(stage_dir, bin_dir, directory, socket_path, app_env)
         cleanup.callback(stop_group, gunicorn, signal.SIGTERM)  # TERM: graceful shutdown
-        wait_until(lambda: socket_answers(socket_path), gunicorn, gunicorn_log, 'gunicorn')
-
+        certificate, key = make_certificate(directory)
         http_port, https_port = free_port(), free_port()
-        snippet = directory / 'tls.conf'
-        shutil.copyfile(stage_dir / 'deploy' / 'nginx-tls.conf', snippet)
         site = render_site(
             stage_dir / 'deploy' / 'nginx.conf',
             http_port=http_port,
@@ -292,27 +270,14 @@ def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=
             socket_path=socket_path,
             certificate=certificate,
             key=key,
-            snippet=snippet,
+            snippet=shutil.copyfile(
+                stage_dir / 'deploy' / 'nginx-tls.conf', directory / 'tls.conf'
+            ),
         )
         (directory / 'site.conf').write_text(site_edit(site) if site_edit else site)
-        temp_paths = TEMP_PATHS.format(dir=directory)
-        user = f'\nuser {NGINX_USER} {NGINX_GROUP};' if os.geteuid() == 0 else ''
-        main = MAIN_CONFIG.format(dir=directory, temp_paths=temp_paths, user=user)
-        (directory / 'nginx.conf').write_text(main)
-        nginx_log = directory / 'error.log'
-        nginx_process = start(
-            [nginx, '-c', directory / 'nginx.conf', '-p', directory, '-e', nginx_log],
-            directory / 'nginx.log',
-        )
-        cleanup.callback(stop_group, nginx_process, signal.SIGQUIT)  # QUIT: graceful shutdown
         https_url = f'https://{SITE_NAME}:{https_port}'
-        try:
-            wait_until(
-                lambda: url_answers(https_url, certificate), nginx_process, nginx_log, 'nginx'
-            )
-        except StartError as error:
-            raise StartError(f'{error}\n{(directory / "nginx.log").read_text()}') from None
-
+        nginx_process = start_nginx(nginx, directory, lambda: url_answers(https_url, certificate))
+        cleanup.callback(stop_group, nginx_process, signal.SIGQUIT)  # QUIT: graceful shutdown
         yield LoopbackSite(
             https_url=https_url,
             http_url=f'http://{SITE_NAME}:{http_port}',
@@ -322,3 +287,48 @@ def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=
             nginx_pid=nginx_process.pid,
             dir=directory,
         )
+
+
+def socket_folder(directory):
+    """The folder of gunicorn's socket. gunicorn believes the X-Forwarded-* headers of
+    whoever reaches its socket, as on the server: let nginx's workers in, no one else."""
+    folder = directory / 'socket'
+    folder.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        os.chown(folder, 0, grp.getgrnam(NGINX_GROUP).gr_gid)
+        folder.chmod(0o750)
+    return folder
+
+
+def start_gunicorn(stage_dir, bin_dir, directory, socket_path, app_env):
+    """Start gunicorn with the stage's gunicorn.conf.py on ``socket_path``; wait for it."""
+    env = {**os.environ, 'PATH': f'{bin_dir}{os.pathsep}{os.environ.get("PATH", "")}'}
+    env.update(app_env, GUNICORN_BIND=f'unix:{socket_path}')
+    log = directory / 'gunicorn.log'
+    config = ['--config', 'gunicorn.conf.py', '--pid', directory / 'gunicorn.pid']
+    gunicorn = start([bin_dir / 'gunicorn', *config, 'wsgi:app'], log, cwd=stage_dir, env=env)
+    try:
+        wait_until(lambda: socket_answers(socket_path), gunicorn, log, 'gunicorn')
+    except BaseException:  # also Ctrl-C while it starts: stop it, by its group
+        stop_group(gunicorn, signal.SIGTERM)
+        raise
+    return gunicorn
+
+
+def start_nginx(nginx, directory, answers):
+    """Start nginx with ``directory``'s site.conf; wait until ``answers()``."""
+    temp_paths = TEMP_PATHS.format(dir=directory)
+    user = f'\nuser {NGINX_USER} {NGINX_GROUP};' if os.geteuid() == 0 else ''
+    main = MAIN_CONFIG.format(dir=directory, temp_paths=temp_paths, user=user)
+    (directory / 'nginx.conf').write_text(main)
+    log = directory / 'error.log'
+    command = [nginx, '-c', directory / 'nginx.conf', '-p', directory, '-e', log]
+    process = start(command, directory / 'nginx.log')
+    try:
+        wait_until(answers, process, log, 'nginx')
+    except BaseException as error:  # also Ctrl-C while it starts: stop it, by its group
+        stop_group(process, signal.SIGQUIT)
+        if isinstance(error, StartError):
+            raise StartError(f'{error}\n{(directory / "nginx.log").read_text()}') from None
+        raise
+    return process

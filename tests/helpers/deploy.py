@@ -196,3 +196,23 @@ def sudo_allows(host):
     """What ``sudo -l`` lets ``host``'s user run: [(as whom, the command), ...]."""
     allowed = host.ssh('sudo -n -l').stdout
     return re.findall(r'^\s+\((.*?)\) (.*)$', allowed, re.MULTILINE)
+
+
+def new_key(path):
+    """A new ed25519 key pair without a passphrase at ``path``; its public line."""
+    subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', path], check=True)
+    return Path(f'{path}.pub').read_text().strip()
+
+
+def authorize(host, public):
+    """Let the key ``public`` log in as deploy on ``host`` (its authorized_keys)."""
+    ssh(host, f"echo '{public}' >> /home/deploy/.ssh/authorized_keys")
+
+
+def unauthorize(host, public):
+    """Take the key ``public`` out of deploy's authorized_keys on ``host``."""
+    keys = '/home/deploy/.ssh/authorized_keys'
+    ssh(
+        host,
+        f"grep -vxF '{public}' {keys} > /tmp/keys || true; cat /tmp/keys > {keys}; rm /tmp/keys",
+    )

@@ -30,11 +30,14 @@ from tests.helpers.deploy import (
     KEYSCAN,
     PIN,
     Project,
+    authorize,
     current,
     load_on,
+    new_key,
     site,
     ssh,
     sudo_allows,
+    unauthorize,
 )
 from tests.helpers.scanners import sslyze_failures
 from tools import standin
@@ -327,9 +330,8 @@ def test_ssh_takes_keys_alone_and_gives_deploy_one_command_as_root(
     for line in ('passwordauthentication no', 'permitrootlogin without-password'):
         assert line in settings
     key = tmp_path / 'deploy_key'
-    subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', key], check=True)
-    public = key.with_suffix('.pub').read_text().strip()
-    ssh(host, f"echo '{public}' >> /home/deploy/.ssh/authorized_keys")
+    public = new_key(key)
+    authorize(host, public)
     deploy = dataclasses.replace(host, user='deploy', key=key)
     try:
         assert deploy.ssh('id -un').stdout.strip() == 'deploy'
@@ -350,11 +352,7 @@ def test_ssh_takes_keys_alone_and_gives_deploy_one_command_as_root(
         assert current(host, 'staging') == first_release  # it runs that one already
         assert ssh(host, 'ls -A /srv/app-deploy/staging/uploads') == ''
     finally:
-        ssh(
-            host,
-            f"grep -vxF '{public}' /home/deploy/.ssh/authorized_keys > /tmp/keys || true;"
-            ' cat /tmp/keys > /home/deploy/.ssh/authorized_keys; rm /tmp/keys',
-        )
+        unauthorize(host, public)
 
 
 def test_a_release_with_a_migration_drops_no_request(project, first_release, servers, sites):

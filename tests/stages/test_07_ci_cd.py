@@ -44,7 +44,15 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.helpers.deploy import DOMAINS, Project, current, ssh, sudo_allows
+from tests.helpers.deploy import (
+    DOMAINS,
+    Project,
+    authorize,
+    current,
+    new_key,
+    ssh,
+    sudo_allows,
+)
 from tests.helpers.markdown import readme_commands
 from tests.helpers.workflows import (
     assert_schema_refuses,
@@ -495,10 +503,9 @@ class Deploys:
         # CI's key, as the README says: in deploy's authorized_keys on both servers (the
         # production key's place; staging's own goes on staging alone), never root's.
         key = folder / 'ci_key'
-        subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', key], check=True)
-        public = key.with_suffix('.pub').read_text().strip()
+        public = new_key(key)
         for host in servers.values():
-            ssh(host, f"echo '{public}' >> /home/deploy/.ssh/authorized_keys")
+            authorize(host, public)
         self.key_file, self.key = key, key.read_text()
         self.known_hosts = ''.join(host.known_hosts.read_text() for host in servers.values())
         self.hosts = folder / 'hosts'

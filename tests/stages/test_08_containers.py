@@ -367,6 +367,27 @@ def test_compose_brings_the_stack_up_keeps_the_names_and_removes_it_all(
     site = site_at(port)
     site.wait(seconds=90)
     print(f'compose up -d to /health 200: {time.monotonic() - started:.1f} s')
+    check_the_containers(engine, image, secrets, site)
+    ports = engine.podman('port', f'{PROJECT}_web_1').stdout
+    assert ports.strip() == f'8000/tcp -> 127.0.0.1:{port}', ports
+    site.add('Compose')
+    started = time.monotonic()
+    engine.shell('podman-compose down', copy, env=env)
+    assert not engine.podman('ps', '-a', '-q', '--filter', f'name={PROJECT}_').stdout.strip()
+    assert f'{PROJECT}_db-data' in engine.podman('volume', 'ls', '-q').stdout
+    engine.shell('podman-compose up -d', copy, env=env)
+    site.wait(seconds=90)
+    assert 'Compose' in site.get().data.decode()
+    engine.shell('podman-compose down -v', copy, env=env)
+    print(f'compose down, up -d, down -v: {time.monotonic() - started:.1f} s')
+    assert not engine.podman('ps', '-a', '-q', '--filter', f'name={PROJECT}_').stdout.strip()
+    assert f'{PROJECT}_' not in engine.podman('volume', 'ls', '-q').stdout
+    assert f'{PROJECT}_' not in engine.podman('network', 'ls', '-q').stdout
+
+
+def check_the_containers(engine, image, secrets, site):
+    """The stack compose made: the README's image, read-only, and no secret, privilege or
+    capability more than it needs."""
     web = engine.inspect(f'{PROJECT}_web_1')
     assert web['Image'] == engine.inspect(image)['Id']  # the image the README built
     # podman-compose runs podman with the run's containers.conf (CONTAINERS_CONF).
@@ -391,18 +412,3 @@ def test_compose_brings_the_stack_up_keeps_the_names_and_removes_it_all(
         'GET', '/', headers={'Host': HOST, 'X-Forwarded-Host': 'evil.example'}
     )
     assert forwarded.status == 200, forwarded.status
-    ports = engine.podman('port', f'{PROJECT}_web_1').stdout
-    assert ports.strip() == f'8000/tcp -> 127.0.0.1:{port}', ports
-    site.add('Compose')
-    started = time.monotonic()
-    engine.shell('podman-compose down', copy, env=env)
-    assert not engine.podman('ps', '-a', '-q', '--filter', f'name={PROJECT}_').stdout.strip()
-    assert f'{PROJECT}_db-data' in engine.podman('volume', 'ls', '-q').stdout
-    engine.shell('podman-compose up -d', copy, env=env)
-    site.wait(seconds=90)
-    assert 'Compose' in site.get().data.decode()
-    engine.shell('podman-compose down -v', copy, env=env)
-    print(f'compose down, up -d, down -v: {time.monotonic() - started:.1f} s')
-    assert not engine.podman('ps', '-a', '-q', '--filter', f'name={PROJECT}_').stdout.strip()
-    assert f'{PROJECT}_' not in engine.podman('volume', 'ls', '-q').stdout
-    assert f'{PROJECT}_' not in engine.podman('network', 'ls', '-q').stdout

@@ -119,64 +119,68 @@ def test_the_readme_steps_serve_the_site_on_a_debian_server(reader, tmp_path):
     steps = server_steps((reader.dir / 'README.md').read_text())
     assert COPY.match(steps[0]), steps[0]
     password = secrets.token_hex(8)
-    environment = (
-        f'SECRET_KEY={secrets.token_hex(32)}\nTRUSTED_HOSTS=example.com\n'
-        f'PRODUCTION_DATABASE_URL=postgresql://app_deploy:{password}'
-        '@localhost:5432/app_deploy_production\n'
-    )
-    (reader.dir / '.env').write_text('SECRET_KEY=mine\n')  # the reader's own: they stay
-    (reader.dir / '.venv').mkdir(exist_ok=True)
-    (reader.dir / '.venv/mine').touch()
     typed = {  # what the reader types at the steps that ask
         'sudo -u postgres createuser --pwprompt app_deploy': (f'{password}\n' * 2, ''),
         'sudoedit /etc/app-deploy/production.env': ('', 'SUDO_EDITOR=/root/fill-in '),
         'sudoedit /etc/nginx/sites-available/app-deploy': ('', 'SUDO_EDITOR=true '),
     }
     assert typed.keys() <= set(steps)
+    (reader.dir / '.env').write_text('SECRET_KEY=mine\n')  # the reader's own: they stay
+    (reader.dir / '.venv').mkdir(exist_ok=True)
+    (reader.dir / '.venv/mine').touch()
     wheels_for_the_server(reader.dir, tmp_path / 'wheels')
     with standin.running('unit05') as host:
-
-        def ssh(command, input=None, timeout=600):
-            result = host.ssh(command, check=False, timeout=timeout, input=input or '')
-            assert result.returncode == 0, f'{command}\n{result.stdout}{result.stderr}'
-            return result.stdout
-
-        files = {
-            '/root/pebble/config.json': json.dumps(PEBBLE),
-            '/root/.config/letsencrypt/cli.ini': CERTBOT_INI,
-        }
-        for command in SCAFFOLD:
-            ssh(command, input=files.get(command.removeprefix('cat > ')))
-        ssh(
-            'cat > /root/fill-in; chmod 700 /root/fill-in',
-            input=f'#!/bin/sh\ncat >"$1" <<EOF\n{environment}EOF\n',
-        )
-        subprocess.run(
-            ['scp', '-q', '-r', *host.ssh_options, tmp_path / 'wheels', f'root@{host.address}:'],
-            check=True,
-            timeout=300,
-        )
-
+        ssh = checked(host)
+        play_the_provider_and_the_ca(host, ssh, tmp_path / 'wheels', password)
         copy = steps[0].replace('your_server_ip', host.address)
         env = readers_machine(host, tmp_path / 'home')
         subprocess.run(copy, shell=True, cwd=reader.dir, env=env, check=True, timeout=120)
         for command in steps[1:]:
             answers, prefix = typed.get(command, (None, ''))
             ssh(prefix + command, input=answers)
-
-        assert ssh('curl -s https://example.com/health') == '{"status":"ok"}\n'
-        issuer = ssh('openssl x509 -noout -issuer -in /etc/letsencrypt/live/example.com/cert.pem')
-        assert 'Pebble' in issuer, issuer  # the certificate certbot asked the CA for
-        assert (
-            ssh('ls /srv/app-deploy/.env /srv/app-deploy/.venv/mine 2>&1 || true').count(
-                'No such file'
-            )
-            == 2
-        )
-        assert ssh('stat -c %U:%a /srv/app-deploy/wsgi.py /etc/app-deploy/production.env') == (
-            'root:644\nroot:600\n'
-        )
+        check_the_site(ssh)
         check_the_unit(ssh)
+
+
+def checked(host):
+    """``ssh(command, input)`` on ``host``, failing with the command's output; its stdout."""
+
+    def ssh(command, input=None, timeout=600):
+        result = host.ssh(command, check=False, timeout=timeout, input=input or '')
+        assert result.returncode == 0, f'{command}\n{result.stdout}{result.stderr}'
+        return result.stdout
+
+    return ssh
+
+
+def play_the_provider_and_the_ca(host, ssh, wheels, password):
+    """SCAFFOLD on the server, what the reader will type into sudoedit, and the wheels."""
+    files = {
+        '/root/pebble/config.json': json.dumps(PEBBLE),
+        '/root/.config/letsencrypt/cli.ini': CERTBOT_INI,
+    }
+    for command in SCAFFOLD:
+        ssh(command, input=files.get(command.removeprefix('cat > ')))
+    environment = (
+        f'SECRET_KEY={secrets.token_hex(32)}\nTRUSTED_HOSTS=example.com\n'
+        f'PRODUCTION_DATABASE_URL=postgresql://app_deploy:{password}'
+        '@localhost:5432/app_deploy_production\n'
+    )
+    editor = f'#!/bin/sh\ncat >"$1" <<EOF\n{environment}EOF\n'
+    ssh('cat > /root/fill-in; chmod 700 /root/fill-in', input=editor)
+    scp = ['scp', '-q', '-r', *host.ssh_options, wheels, f'root@{host.address}:']
+    subprocess.run(scp, check=True, timeout=300)
+
+
+def check_the_site(ssh):
+    """HTTPS with the CA's certificate; the stage's files root's, the reader's left home."""
+    assert ssh('curl -s https://example.com/health') == '{"status":"ok"}\n'
+    issuer = ssh('openssl x509 -noout -issuer -in /etc/letsencrypt/live/example.com/cert.pem')
+    assert 'Pebble' in issuer, issuer  # the certificate certbot asked the CA for
+    left = ssh('ls /srv/app-deploy/.env /srv/app-deploy/.venv/mine 2>&1 || true')
+    assert left.count('No such file') == 2, left
+    owners = ssh('stat -c %U:%a /srv/app-deploy/wsgi.py /etc/app-deploy/production.env')
+    assert owners == 'root:644\nroot:600\n'
 
 
 def check_the_unit(ssh):

@@ -285,35 +285,20 @@ def load(site, clients, seconds, max_requests, during=None):
     outcomes, stored = collections.Counter(), []
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
-    sent = 0
+    turns = iter(range(1, max_requests + 1))
 
     def browse(number):
-        nonlocal sent
-        client = Client(site)
-        token = None
+        client, token = Client(site), []
         while time.monotonic() < deadline:
             with lock:
-                if sent >= max_requests:
-                    return
-                sent += 1
-                turn = sent
-            try:
-                if token is None:
-                    token = client.token()
-                if turn % 10 == 0:
-                    name = f'load {number} {turn}'
-                    code = client.post(name, token).status_code
-                    outcome = {302: 'stored', 429: 'limited'}.get(code, f'POST {code}')
-                    if code == 302:
-                        with lock:
-                            stored.append(name)
-                else:
-                    code = client.get().status_code
-                    outcome = 'page' if code == 200 else f'GET {code}'
-            except requests.RequestException as error:
-                outcome = f'{type(error).__name__}'
+                turn = next(turns, None)
+            if turn is None:
+                return
+            name = f'load {number} {turn}' if turn % 10 == 0 else None
+            outcome, name = visit(client, token, name)
             with lock:
                 outcomes[outcome] += 1
+                stored.extend([name] if outcome == 'stored' else [])
 
     threads = [threading.Thread(target=browse, args=(number,)) for number in range(clients)]
     for thread in threads:
@@ -325,6 +310,22 @@ def load(site, clients, seconds, max_requests, during=None):
         for thread in threads:
             thread.join()
     return outcomes, stored
+
+
+def visit(client, token, name=None):
+    """One request of a browser: post ``name`` if given, else load the page; ``token``
+    holds the client's CSRF token once it has fetched it. Returns what came of it
+    (stored, limited, page, or the code or error) and ``name``."""
+    try:
+        if not token:
+            token.append(client.token())
+        if name is None:
+            code = client.get().status_code
+            return ('page' if code == 200 else f'GET {code}'), name
+        code = client.post(name, token[0]).status_code
+        return {302: 'stored', 429: 'limited'}.get(code, f'POST {code}'), name
+    except requests.RequestException as error:
+        return type(error).__name__, name
 
 
 def failures(outcomes):
