@@ -35,8 +35,8 @@ except ModuleNotFoundError:  # run as `python3 noxfile.py` where nox is not inst
 
     run_with_nox(__file__)
 
-from tools import noxrun, postgres  # noqa: E402
-from tools.noxrun import flask_option  # noqa: E402
+from tools import noxargs, noxrun, postgres  # noqa: E402
+from tools.noxargs import flask_option  # noqa: E402
 from tools.processes import port_taken  # noqa: E402
 from tools.stagediff import stage_diff  # noqa: E402
 from tools.stages import STAGES, flask_app, setup_command, title  # noqa: E402
@@ -49,7 +49,7 @@ COMMAND = os.environ.get('APP_DEPLOY_NOX_COMMAND', 'nox')
 # Start or join the run, before nox starts its --parallel children: one at a time per
 # environment folder, SIGTERM and SIGHUP stop it as Ctrl-C does, and what killed runs
 # left is removed (tools/noxrun.py). nox has no hook that runs once before them.
-noxrun.start(sys.argv[1:], COMMAND)
+noxargs.start(sys.argv[1:], COMMAND)
 
 VENV = 'uv|virtualenv'
 DOCS_ENV = {'NO_MKDOCS_2_WARNING': '1'}  # Material's banner about its successor
@@ -61,7 +61,7 @@ nox.options.default_venv_backend = VENV
 nox.options.sessions = [*(f'stage{number}' for number in STAGES), 'lint', 'docs']
 # Independent sessions run side by side, one per core, each in a nox process of its
 # own; one session named with -s runs here, its output shown as it comes.
-if not noxrun.one_session(sys.argv[1:]):
+if not noxargs.one_session(sys.argv[1:]):
     nox.options.parallel = 'auto'
 
 
