@@ -82,7 +82,7 @@ class Host:
     def ssh(self, command, check=True, timeout=120, **kwargs):
         """Run the shell command ``command`` on the server; return the CompletedProcess."""
         *ssh, login = self.ssh_command
-        ssh += ['-o', 'BatchMode=yes', '-o', 'ControlMaster=auto', '-o', 'ControlPersist=60']
+        ssh += ['-o', 'BatchMode=yes', '-o', 'ControlMaster=auto', '-o', 'ControlPersist=600']
         ssh += ['-o', f'ControlPath={self.control_path}', '-o', 'ServerAliveInterval=5']
         return subprocess.run(
             [*ssh, login, command],
