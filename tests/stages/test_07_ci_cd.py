@@ -739,7 +739,11 @@ def test_two_deploys_started_together_never_interleave(first_release, deploys, s
     running = first.start(step)
     try:
         lock = '/run/lock/app-deploy-staging.lock'
-        ssh(host, f'while flock --nonblock {lock} true; do sleep 0.05; done', timeout=60)
+        deadline = time.monotonic() + 180  # a loaded machine: the upload comes first
+        while ssh(host, f'flock --nonblock {lock} true && echo free || true') == 'free':
+            assert running.poll() is None, f'it ended before it took the lock: {running}'
+            assert time.monotonic() < deadline, ssh(host, 'nft list ruleset | grep counter')
+            time.sleep(0.2)
         second.run()
     finally:
         first.step(step, running)
