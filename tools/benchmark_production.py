@@ -24,6 +24,7 @@ Prints a Markdown table and the machine it ran on.
 import argparse
 import contextlib
 import http.client
+import itertools
 import os
 import platform
 import re
@@ -194,32 +195,13 @@ def socket_open(port):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--bin', type=Path, required=True, help="the stage environment's bin")
-    parser.add_argument('--stage', type=Path, default=STAGES.get('05'), help='stage folder')
-    parser.add_argument('--seconds', type=int, default=5, help='length of each measurement')
-    parser.add_argument('--rounds', type=int, default=3, help='measurements per row')
-    args = parser.parse_args()
-    if not shutil.which('wrk'):
-        sys.exit('wrk is missing: sudo apt-get install -y --no-install-recommends wrk')
-    if not (args.bin / 'gunicorn').exists():
-        sys.exit(f'{args.bin} has no gunicorn: pip install -r {args.stage}/requirements.txt')
+    args = arguments()
     server_url = postgres.server_url()
     name = postgres.unique_name('app_deploy_benchmark')
     database = postgres.create_database(server_url, name)
     work = Path(tempfile.mkdtemp(prefix='app-deploy-benchmark-production-'))
     try:
-        stage = shutil.copytree(args.stage, work / args.stage.name)
-        env = {**os.environ, 'FLASK_APP': 'wsgi.py', 'FLASK_CONFIG': 'production'}
-        env.update(PRODUCTION_DATABASE_URL=database, SECRET_KEY=secrets.token_hex(32))
-        env.update(TRUSTED_HOSTS='127.0.0.1')
-        upgrade = subprocess.run(
-            [args.bin / 'flask', 'db', 'upgrade'], cwd=stage, env=env, capture_output=True
-        )
-        if upgrade.returncode != 0:
-            sys.exit(
-                f'flask db upgrade failed:\n{upgrade.stdout.decode()}{upgrade.stderr.decode()}'
-            )
+        stage = migrated_copy(args, work, database)
         with (
             dev_server(stage, args.bin, database) as (dev_url, dev_pid),
             loopback.serve(stage, args.bin, database, site_edit=lift_post_limit) as site,
@@ -234,28 +216,60 @@ def main():
                 ),
             ]
             load = os.getloadavg()[0]
-            rows = []
-            for slow in (0, SLOW_CLIENTS):
-                for method in ('GET', 'POST'):
-                    for clients in (1, 50):
-                        runs = {server.name: [] for server in servers}
-                        for number in range(args.rounds):
-                            # Alternate who goes first, so neither always meets the
-                            # machine's other work in the same state.
-                            for server in servers[:: 1 if number % 2 else -1]:
-                                postgres.execute(database, 'TRUNCATE names')
-                                runs[server.name].append(
-                                    measure(server, method, clients, args.seconds, slow, work)
-                                )
-                                print('.', end='', file=sys.stderr, flush=True)
-                        for server, figures in runs.items():
-                            rows.append((method, clients, slow, server, *median(figures)))
+            rows = measure_all(servers, args, database, work)
             workers = len(site.worker_pids())  # all booted by now
         print(file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         postgres.drop_database(server_url, name)
     report(rows, workers, args, (load, os.getloadavg()[0]))
+
+
+def arguments():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--bin', type=Path, required=True, help="the stage environment's bin")
+    parser.add_argument('--stage', type=Path, default=STAGES.get('05'), help='stage folder')
+    parser.add_argument('--seconds', type=int, default=5, help='length of each measurement')
+    parser.add_argument('--rounds', type=int, default=3, help='measurements per row')
+    args = parser.parse_args()
+    if not shutil.which('wrk'):
+        sys.exit('wrk is missing: sudo apt-get install -y --no-install-recommends wrk')
+    if not (args.bin / 'gunicorn').exists():
+        sys.exit(f'{args.bin} has no gunicorn: pip install -r {args.stage}/requirements.txt')
+    return args
+
+
+def migrated_copy(args, work, database):
+    """A copy of the stage in ``work``, its tables made in ``database``."""
+    stage = shutil.copytree(args.stage, work / args.stage.name)
+    env = {**os.environ, 'FLASK_APP': 'wsgi.py', 'FLASK_CONFIG': 'production'}
+    env.update(PRODUCTION_DATABASE_URL=database, SECRET_KEY=secrets.token_hex(32))
+    env.update(TRUSTED_HOSTS='127.0.0.1')
+    upgrade = subprocess.run(
+        [args.bin / 'flask', 'db', 'upgrade'], cwd=stage, env=env, capture_output=True
+    )
+    if upgrade.returncode != 0:
+        sys.exit(f'flask db upgrade failed:\n{upgrade.stdout.decode()}{upgrade.stderr.decode()}')
+    return stage
+
+
+def measure_all(servers, args, database, work):
+    """Each row (method, clients, slow clients), each server: the median of the rounds."""
+    rows = []
+    for slow, method, clients in itertools.product((0, SLOW_CLIENTS), ('GET', 'POST'), (1, 50)):
+        runs = {server.name: [] for server in servers}
+        for number in range(args.rounds):
+            # Alternate who goes first, so neither always meets the machine's other work
+            # in the same state.
+            for server in servers[:: 1 if number % 2 else -1]:
+                postgres.execute(database, 'TRUNCATE names')
+                runs[server.name].append(
+                    measure(server, method, clients, args.seconds, slow, work)
+                )
+                print('.', end='', file=sys.stderr, flush=True)
+        for server, figures in runs.items():
+            rows.append((method, clients, slow, server, *median(figures)))
+    return rows
 
 
 def median(runs):
