@@ -216,3 +216,15 @@ def unauthorize(host, public):
         host,
         f"grep -vxF '{public}' {keys} > /tmp/keys || true; cat /tmp/keys > {keys}; rm /tmp/keys",
     )
+
+
+def wait_for_the_lock(host, deploy, env='staging', seconds=180):
+    """Wait until the deploy ``deploy`` (a Popen) holds ``env``'s lock on ``host``; fail
+    at once if it ends first, and with the servers' ssh drop count if time runs out
+    (on a loaded machine the upload before it can take a while)."""
+    lock = f'/run/lock/app-deploy-{env}.lock'
+    deadline = time.monotonic() + seconds
+    while ssh(host, f'flock --nonblock {lock} true && echo free || true') == 'free':
+        assert deploy.poll() is None, f'the deploy ended before it took the lock: {deploy.args}'
+        assert time.monotonic() < deadline, ssh(host, 'nft list ruleset | grep counter')
+        time.sleep(0.2)

@@ -38,6 +38,7 @@ from tests.helpers.deploy import (
     ssh,
     sudo_allows,
     unauthorize,
+    wait_for_the_lock,
 )
 from tests.helpers.scanners import sslyze_failures
 from tools import standin
@@ -627,8 +628,7 @@ def test_a_second_deploy_started_meanwhile_stops_at_once(project, first_release,
     second = project.build('A second release', {'NOTES.txt': 'second\n'})
     running = project.popen_pyinfra('release.py', 'staging', '--data', f'release={first}')
     try:
-        lock = '/run/lock/app-deploy-staging.lock'
-        ssh(host, f'while flock --nonblock {lock} true; do sleep 0.05; done', timeout=60)
+        wait_for_the_lock(host, running)
         result = project.pyinfra(
             'release.py', 'staging', '--data', f'release={second}', check=False
         )

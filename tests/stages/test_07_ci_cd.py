@@ -52,6 +52,7 @@ from tests.helpers.deploy import (
     new_key,
     ssh,
     sudo_allows,
+    wait_for_the_lock,
 )
 from tests.helpers.markdown import readme_commands
 from tests.helpers.workflows import (
@@ -738,12 +739,7 @@ def test_two_deploys_started_together_never_interleave(first_release, deploys, s
     assert step['name'] == 'Deploy to staging'
     running = first.start(step)
     try:
-        lock = '/run/lock/app-deploy-staging.lock'
-        deadline = time.monotonic() + 180  # a loaded machine: the upload comes first
-        while ssh(host, f'flock --nonblock {lock} true && echo free || true') == 'free':
-            assert running.poll() is None, f'it ended before it took the lock: {running}'
-            assert time.monotonic() < deadline, ssh(host, 'nft list ruleset | grep counter')
-            time.sleep(0.2)
+        wait_for_the_lock(host, running)
         second.run()
     finally:
         first.step(step, running)
