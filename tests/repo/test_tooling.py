@@ -20,9 +20,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 import pytest
+import requests
 
+from tests.helpers.machine import skip_without
 from tests.helpers.reader import database_prefix, wait_for
-from tools import noxrun, postgres
+from tools import loopback, noxrun, postgres
 from tools.processes import alive, free_port, start_piped
 from tools.stagediff import stage_diff
 from tools.stages import ROOT, STAGES, title
@@ -214,6 +216,36 @@ def test_serve_session_runs_the_app_until_ctrl_c(database, envdir):
     assert f'Using DEV_DATABASE_URL: {postgres.masked(database)}' in output
     assert 'Created the tables: names.' in output
     assert f'Open http://127.0.0.1:{port}/' in output  # the port it was given
+
+
+SERVING_05 = re.compile(
+    r'self-signed certificate: (https://\S+)/ \(plain HTTP, (http://\S+)/, sends browsers there\)'
+)
+
+
+@pytest.mark.filterwarnings('ignore::urllib3.exceptions.InsecureRequestWarning')  # self-signed
+def test_serve_05_gives_the_https_address_and_the_http_one_that_sends_there(database, envdir):
+    """gunicorn behind nginx on loopback: both addresses said, and plain HTTP redirects."""
+    skip_without(loopback.nginx_binary, loopback.NginxMissing)
+    server = start(
+        command('python3 noxfile.py -s serve -- 05', envdir), nox_env(DEV_DATABASE_URL=database)
+    )
+    output, deadline = '', time.monotonic() + 300
+    try:
+        while not SERVING_05.search(output) and server.poll() is None:
+            assert time.monotonic() < deadline, output
+            if select.select([server.stdout], [], [], 1)[0]:
+                output += server.stdout.readline()
+        assert SERVING_05.search(output), output
+        https_url, http_url = SERVING_05.search(output).groups()
+        http = requests.get(f'{http_url}/', allow_redirects=False, timeout=30)
+        assert (http.status_code, http.headers['Location']) == (308, f'{https_url}/')
+        page = requests.get(f'{https_url}/', verify=False, timeout=30)  # self-signed
+        assert page.status_code == 200 and 'Hello World!' in page.text
+    finally:
+        os.killpg(server.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+        output += server.communicate(timeout=60)[0]
+    assert f'Open {https_url}/ in your browser; Ctrl-C stops both.' in output
 
 
 def test_serve_uses_the_server_the_tests_use_and_says_so(server, envdir):
