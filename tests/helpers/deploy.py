@@ -225,6 +225,8 @@ def wait_for_the_lock(host, deploy, env='staging', seconds=180):
     lock = f'/run/lock/app-deploy-{env}.lock'
     deadline = time.monotonic() + seconds
     while ssh(host, f'flock --nonblock {lock} true && echo free || true') == 'free':
-        assert deploy.poll() is None, f'the deploy ended before it took the lock: {deploy.args}'
+        if deploy.poll() is not None:
+            output = deploy.communicate()[0]
+            raise AssertionError(f'the deploy ended before it took the lock:\n{output[-4000:]}')
         assert time.monotonic() < deadline, ssh(host, 'nft list ruleset | grep counter')
         time.sleep(0.2)
