@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from tools.processes import children, free_port, stop_group
+from tools.processes import children, free_ports, stop_group
 
 # What the loopback run changes in the production site file, and how often each
 # is expected there: a changed file fails loudly here instead of half-rendered.
@@ -262,7 +262,7 @@ def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=
         gunicorn = start_gunicorn(stage_dir, bin_dir, directory, socket_path, app_env)
         cleanup.callback(stop_group, gunicorn, signal.SIGTERM)  # TERM: graceful shutdown
         certificate, key = make_certificate(directory)
-        http_port, https_port = free_port(), free_port()
+        http_port, https_port = free_ports(2)
         site = render_site(
             stage_dir / 'deploy' / 'nginx.conf',
             http_port=http_port,

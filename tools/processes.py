@@ -124,9 +124,17 @@ def start_piped(command, **kwargs):
 
 def free_port():
     """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count):
+    """``count`` different TCP ports on 127.0.0.1 that nothing listens on now (held open
+    together while they are picked: one after the other, the kernel may give one twice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(('127.0.0.1', 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 def port_taken(host, port):

@@ -24,7 +24,7 @@ import requests
 
 from tests.helpers.reader import stored_names
 from tools import loopback
-from tools.processes import children, free_port
+from tools.processes import children, free_ports
 from tools.stages import ROOT
 
 pytestmark = pytest.mark.stages('05')
@@ -155,10 +155,11 @@ def test_site_file_fits_debians_nginx_conf(reader, tmp_path):
     stock = Path('/etc/nginx/nginx.conf')
     if not stock.exists():
         pytest.skip(f'{stock} is missing: sudo apt-get install nginx')
+    http_port, https_port = free_ports(2)
     site = loopback.render_site(
         reader.dir / 'deploy' / 'nginx.conf',
-        http_port=free_port(),
-        https_port=free_port(),
+        http_port=http_port,
+        https_port=https_port,
         socket_path=tmp_path / 'gunicorn.sock',
         certificate=tmp_path / 'cert.pem',
         key=tmp_path / 'key.pem',
