@@ -18,6 +18,7 @@ from tests.helpers.browser import CHROMIUM, VIEWPORT, run_chromium  # noqa: E402
 from tests.helpers.machine import skip_without  # noqa: E402
 from tests.helpers.reader import Reader, new_database  # noqa: E402
 from tools import loopback, noxrun, postgres  # noqa: E402
+from tools.stagediff import same_in  # noqa: E402
 from tools.stages import STAGES  # noqa: E402
 
 # SIGTERM and SIGHUP (nox stopped, a terminal closed) stop the tests as Ctrl-C does:
@@ -32,6 +33,11 @@ def pytest_addoption(parser):
         required=True,
         help="the stage to test, or 'repo' for the docs and the tooling",
     )
+    parser.addoption(
+        '--also-identical',
+        action='store_true',
+        help='also run the tests whose files this stage carries unchanged from the last one',
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -41,6 +47,11 @@ def pytest_configure(config):
         config.option.reportchars += 's'
     config.addinivalue_line('markers', "stages(*numbers): the stages (or 'repo') a test is for")
     config.addinivalue_line('markers', STANDIN_MARKER)
+    config.addinivalue_line(
+        'markers',
+        "covers(*paths): the stage's files, folders or 'README.md#Section's a test depends "
+        "on; a stage whose paths are the previous stage's, byte for byte, deselects it",
+    )
 
 
 STANDIN_MARKER = 'standin: runs on stand-in servers or in containers, with their own PostgreSQL'
@@ -57,15 +68,46 @@ def pytest_itemcollected(item):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Keep the tests marked for the stage under test; deselect (not skip) the others."""
+    """Keep the tests marked for the stage under test; deselect (not skip) the others,
+    and those whose files the stage carries from the stage before, where they ran."""
     stage = config.getoption('--stage')
-    kept, dropped = [], []
+    kept, dropped, carried = [], [], {}
     for item in items:
         marker = item.get_closest_marker('stages')
-        (kept if marker and stage in marker.args else dropped).append(item)
+        if not marker or stage not in marker.args:
+            dropped.append(item)
+        elif (earlier := ran_on_the_same_files(config, item, stage, marker.args)) is None:
+            kept.append(item)
+        else:
+            dropped.append(item)
+            carried.setdefault(earlier, []).append(item.nodeid)
+    config.stash[CARRIED] = carried
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+CARRIED = pytest.StashKey[dict]()  # an earlier stage: the ids of the tests left to it
+
+
+def ran_on_the_same_files(config, item, stage, stages):
+    """The stage before ``stage`` (of ``stages``) whose files the test covers are the
+    same as this one's, byte for byte; None when they differ or the test says nothing."""
+    covers = item.get_closest_marker('covers')
+    earlier = [number for number in stages if number < stage]
+    if not covers or not earlier or config.getoption('--also-identical'):
+        return None
+    previous = max(earlier)
+    return previous if same_in(STAGES[previous], STAGES[stage], covers.args) else None
+
+
+def pytest_report_collectionfinish(config):
+    """Say which tests were left out because an earlier stage ran them on the same files."""
+    return [
+        f"deselected {len(ids)} tests: the files they cover are stage {earlier}'s, byte for "
+        f'byte, and the stage{earlier} session runs them (--also-identical: here too)'
+        for earlier, ids in sorted(config.stash.get(CARRIED, {}).items())
+    ]
 
 
 @pytest.fixture(scope='session')

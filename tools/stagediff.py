@@ -1,6 +1,7 @@
 """The unified diff between two stage directories, as ``diff -ruN`` prints it."""
 
 import difflib
+import re
 from pathlib import Path
 
 IGNORED = {'__pycache__', '.venv', '.pytest_cache', '.ruff_cache', '.env', 'site'}
@@ -26,6 +27,34 @@ def changed_files(old, new):
         or not (new / path).exists()
         or (old / path).read_bytes() != (new / path).read_bytes()
     }
+
+
+def section(text, heading):
+    """The part of Markdown ``text`` under ``## heading``, up to the next ``## `` heading."""
+    match = re.search(
+        rf'^## {re.escape(heading)}\n(.*?)(?=^## |\Z)', text, re.MULTILINE | re.DOTALL
+    )
+    if not match:
+        raise ValueError(f'no "## {heading}" section')
+    return match[1]
+
+
+def content(directory, covered):
+    """What ``covered`` names in a stage: a file's bytes, a folder's files, or, for
+    ``README.md#Run it``, that section of the file (empty where it is missing)."""
+    directory = Path(directory)
+    name, _, heading = covered.partition('#')
+    path = directory / name
+    if heading:
+        return section(path.read_text(), heading).encode() if path.exists() else b''
+    if path.is_dir():
+        return {str(p): (path / p).read_bytes() for p in stage_files(path)}
+    return path.read_bytes() if path.exists() else None
+
+
+def same_in(old, new, covered):
+    """Whether everything ``covered`` names is byte for byte the same in both stages."""
+    return all(content(old, name) == content(new, name) for name in covered)
 
 
 def stage_diff(old, new):

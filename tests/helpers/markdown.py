@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+from tools.stagediff import section
+
 # A fenced block, also one indented in a list, a content tab or an admonition.
 FENCE = re.compile(
     r'^(?P<indent> *)(?P<fence>`{3,})(?P<language>\S*)[^\n]*\n(?P<body>.*?)^(?P=indent)(?P=fence)$',
@@ -25,14 +27,18 @@ def fenced_blocks(path, language=None):
     return [block for block in blocks if language in (None, block[0])]
 
 
-def readme_blocks(stage_dir, language):
-    """The bodies of the stage README's blocks in ``language``."""
-    return [body for _, body in fenced_blocks(Path(stage_dir) / 'README.md', language)]
+def readme_blocks(stage_dir, language, heading=None):
+    """The bodies of the stage README's blocks in ``language`` (under ``## heading``
+    alone, if given)."""
+    text = (Path(stage_dir) / 'README.md').read_text()
+    if heading:
+        text = section(text, heading)
+    return [body for found, body in fenced_blocks_of(text) if found == language]
 
 
-def readme_commands(stage_dir):
-    """Every line of the ```console blocks in the stage's README."""
-    blocks = readme_blocks(stage_dir, 'console')
+def readme_commands(stage_dir, heading=None):
+    """Every line of the ```console blocks in the stage's README (under ``## heading``)."""
+    blocks = readme_blocks(stage_dir, 'console', heading)
     return [line for block in blocks for line in block.splitlines() if line.strip()]
 
 

@@ -26,7 +26,7 @@ from tests.helpers.machine import skip_without
 from tests.helpers.reader import database_prefix, wait_for
 from tools import loopback, noxrun, postgres
 from tools.processes import alive, free_port, start_piped
-from tools.stagediff import stage_diff
+from tools.stagediff import same_in, section, stage_diff
 from tools.stages import ROOT, STAGES, title
 
 pytestmark = pytest.mark.stages('repo')
@@ -160,6 +160,51 @@ def test_skip_reasons_are_in_every_summary(tmp_path):
     result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
     assert re.search(r'^SKIPPED \[1\] .*no Chromium at .*no-chromium', result.stdout, re.M)
+
+
+def collected(stage, *options):
+    """The ids of the tests a run of ``stage`` keeps, and what it says of the rest."""
+    args = [sys.executable, '-m', 'pytest', 'tests', '--stage', stage, '--collect-only', '-q']
+    args += ['-p', 'no:cacheprovider', *options]
+    result = subprocess.run(args, cwd=ROOT, env=nox_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ids = {line for line in result.stdout.splitlines() if '::' in line}
+    return ids, result.stdout
+
+
+def test_a_test_of_files_a_stage_carries_unchanged_runs_under_the_first_stage_alone():
+    """Stage 07's app and nginx site are stage 06's byte for byte: the site's tests run
+    in stage 06 and are deselected in stage 07, which says so; stage 08 changed
+    config.py, so they run there again."""
+    site = 'tests/stages/test_05_production/test_nginx_site.py::'
+    in_06, _ = collected('06')
+    in_07, said = collected('07')
+    in_08, _ = collected('08')
+    assert any(test.startswith(site) for test in in_06)
+    assert not any(test.startswith(site) for test in in_07)
+    assert re.search(r"deselected \d+ tests: the files they cover are stage 06's", said)
+    assert {test for test in in_08 if test.startswith(site)} == {
+        test for test in in_06 if test.startswith(site)
+    }
+    again, _ = collected('07', '--also-identical')
+    assert again > in_07 and {test for test in again if test.startswith(site)}
+
+
+def test_what_a_test_covers_is_compared_file_by_file_and_section_by_section(tmp_path):
+    old, new = tmp_path / 'old', tmp_path / 'new'
+    for stage in (old, new):
+        (stage / 'app').mkdir(parents=True)
+        (stage / 'app' / 'views.py').write_text('views\n')
+        (stage / 'README.md').write_text('# Stage\n\n## Run it\n\nflask run\n\n## Deploy\n')
+    (new / 'README.md').write_text('# Stage 2\n\n## Run it\n\nflask run\n\n## Deploy\nnew\n')
+    assert same_in(old, new, ['app', 'README.md#Run it', 'missing.txt'])
+    assert not same_in(old, new, ['README.md#Deploy'])
+    assert not same_in(old, new, ['README.md'])
+    (new / 'app' / 'models.py').write_text('models\n')
+    assert not same_in(old, new, ['app'])
+    assert section('## Run it\n\nflask run\n\n## Deploy\n', 'Run it') == '\nflask run\n\n'
+    with pytest.raises(ValueError, match='no "## Settings" section'):
+        section('## Run it\n', 'Settings')
 
 
 def test_masked_urls_hide_the_password_and_nothing_else():

@@ -3,14 +3,19 @@
 import pytest
 
 from tests.helpers.markdown import readme_commands
-from tests.helpers.reader import tables
+from tests.helpers.reader import APP, tables
 from tools import postgres
 
-pytestmark = pytest.mark.stages('03', '04', '05', '06', '07', '08')
+RUN_THE_TESTS = 'Run the tests'  # the README's section that these tests follow
+pytestmark = [
+    pytest.mark.stages('03', '04', '05', '06', '07', '08'),
+    # What the suite runs on: a stage that carries these as they were runs it no more.
+    pytest.mark.covers(*APP, 'tests', 'requirements-dev.txt', f'README.md#{RUN_THE_TESTS}'),
+]
 
 
 def test_own_suite_passes_and_leaves_the_database_empty(reader, database):
-    commands = readme_commands(reader.dir)
+    commands = readme_commands(reader.dir, RUN_THE_TESTS)
     export = next(line for line in commands if line.startswith('export TEST_DATABASE_URL='))
     assert commands[commands.index(export) + 1] == 'pytest'
     reader.export(export, TEST_DATABASE_URL=database)

@@ -11,10 +11,11 @@ protocol, and the run stops it, by PID, when it ends.
 
 import pytest
 
-from tests.helpers.reader import FORM_STAGES, NAMES, stored_names
+from tests.helpers.reader import APP, FORM_STAGES, NAMES, stored_names
 
 
 @pytest.mark.stages(*FORM_STAGES)
+@pytest.mark.covers(*APP)
 def test_form_in_a_browser(reader, database, page, screenshot, stage):
     """Stage 02 only stores the names; from stage 03 on, the page lists them too."""
     from playwright.sync_api import expect

@@ -7,10 +7,10 @@ import threading
 import pytest
 
 from tests.helpers.proxy import Proxy
-from tests.helpers.reader import FORM_STAGES, Reader, listed_names, stored_names
+from tests.helpers.reader import APP, FORM_STAGES, Reader, listed_names, stored_names
 from tools.stages import setup_command
 
-pytestmark = pytest.mark.stages(*FORM_STAGES)
+pytestmark = [pytest.mark.stages(*FORM_STAGES), pytest.mark.covers(*APP)]
 
 MAX = 100  # the length of the name column
 

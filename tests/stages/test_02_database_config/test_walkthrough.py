@@ -5,10 +5,15 @@ import subprocess
 import pytest
 
 from tests.helpers.markdown import readme_blocks, readme_commands
-from tests.helpers.reader import NAMES, database_prefix, listed_names, stored_names
+from tests.helpers.reader import APP, NAMES, database_prefix, listed_names, stored_names
 from tools import postgres
 
-pytestmark = pytest.mark.stages('02', '03', '04', '05', '06', '07', '08')
+RUN_IT = 'Run it'  # the README's section that these tests follow
+pytestmark = [
+    pytest.mark.stages('02', '03', '04', '05', '06', '07', '08'),
+    # What the walkthrough runs: a stage that carries these as they were runs it no more.
+    pytest.mark.covers(*APP, f'README.md#{RUN_IT}'),
+]
 
 
 def session_lines(block):
@@ -24,8 +29,8 @@ def session_lines(block):
 
 def test_psql_creates_the_databases(reader, server):
     """The README's psql lines, run with names of our own on the test server."""
-    assert 'psql postgres' in readme_commands(reader.dir)  # a database every server has
-    (sql,) = readme_blocks(reader.dir, 'sql')
+    assert 'psql postgres' in readme_commands(reader.dir, RUN_IT)  # a database every server has
+    (sql,) = readme_blocks(reader.dir, 'sql', RUN_IT)
     assert 'CREATE DATABASE app_deploy_development;' in sql
     assert 'CREATE DATABASE app_deploy_test;' in sql
     prefix = postgres.unique_name(database_prefix())
@@ -44,7 +49,7 @@ def test_psql_creates_the_databases(reader, server):
 
 
 def test_walkthrough(reader, database):
-    commands = readme_commands(reader.dir)
+    commands = readme_commands(reader.dir, RUN_IT)
     exports = [line for line in commands if line.startswith('export ')][:3]
     assert [line.split('=')[0] for line in exports] == [
         'export FLASK_APP',
@@ -55,7 +60,7 @@ def test_walkthrough(reader, database):
         reader.export(line, DEV_DATABASE_URL=database)
     assert 'flask shell' in commands
     assert 'flask run' in commands
-    *create_block, query_block = readme_blocks(reader.dir, 'python')
+    *create_block, query_block = readme_blocks(reader.dir, 'python', RUN_IT)
 
     if create_block:  # stages 02 and 03: create the tables from flask shell
         typed, _ = session_lines(create_block[0])

@@ -16,10 +16,15 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.helpers.proxy import read_to_end
+from tests.helpers.reader import APP
 from tests.helpers.scanners import gixy_findings, sslyze_failures
 from tools import loopback
 
-pytestmark = pytest.mark.stages('05', '06', '07', '08')
+pytestmark = [
+    pytest.mark.stages('05', '06', '07', '08'),
+    # The site: a stage that carries these as they were runs these tests no more.
+    pytest.mark.covers(*APP, 'gunicorn.conf.py', 'deploy/nginx.conf', 'deploy/nginx-tls.conf'),
+]
 
 HEADER_TIMEOUT = 10  # client_header_timeout in deploy/nginx-tls.conf
 
