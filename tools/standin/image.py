@@ -15,7 +15,7 @@ from pathlib import Path
 from tools.processes import locked, start_piped
 from tools.standin.machine import StandinError, sh
 
-SUITE = 'bookworm'  # Debian 12
+SUITE = 'trixie'  # Debian 13
 
 
 PACKAGES = 'systemd,systemd-sysv,dbus,openssh-server,python3,python3-venv,sudo,iproute2,'
@@ -60,10 +60,18 @@ def apt_sources():
 
 
 def mirrors():
-    """Debian's mirror and security mirror: this machine's if it runs Debian 12, else
+    """Debian's mirror and security mirror: those of this machine's apt sources (a
+    mirror serves every Debian release, so a Debian 12 machine's serves 13), else
     deb.debian.org's."""
-    found = dict((suite, uri.rstrip('/')) for uri, suite in reversed(apt_sources()))
-    return found.get(SUITE, DEFAULT_MIRROR), found.get(f'{SUITE}-security', DEFAULT_SECURITY)
+    found = {}
+    for uri, suite in apt_sources():
+        release, _, kind = suite.partition('-')
+        if release in DEBIAN and kind in ('', 'security'):
+            found.setdefault(kind, uri.rstrip('/'))
+    return found.get('', DEFAULT_MIRROR), found.get('security', DEFAULT_SECURITY)
+
+
+DEBIAN = {'bookworm', 'trixie', 'forky', 'sid'}  # releases whose mirror serves ours
 
 
 def image():
