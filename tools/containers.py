@@ -24,7 +24,7 @@ works), and the default ulimits are refused. BUILDAH_FORMAT=docker keeps HEALTHC
 images that podman-compose builds.
 
 Image registries are unreachable here: the base images the stage names are stand-ins,
-made locally under those names (and removed at the end): stage 06's Debian 12 root
+made locally under those names (and removed at the end): stage 06's Debian 13 root
 filesystem (tools/standin/) with this machine's CA certificates, for pip behind a
 TLS-inspecting proxy, as the Python image; Debian's PostgreSQL on it (standin-postgres/)
 as the postgres image.
@@ -64,7 +64,7 @@ CNI_NETWORKS = Path('/var/lib/cni/networks')
 NAT_TABLES = [('ip', 'nat'), ('ip', 'filter'), ('ip6', 'nat'), ('ip6', 'filter')]
 # Made into the stand-in Python image: this machine's CAs, which Debian's pip trusts.
 BASE_CONTAINERFILE = """\
-FROM localhost/app-deploy-rootfs-import:bookworm
+FROM {imported}
 COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 """
 
@@ -178,18 +178,18 @@ class Podman:
     # --- Images ---------------------------------------------------------------------
 
     def standin_python(self, tag):
-        """The stand-in for the official Python image ``tag``: stage 06's Debian 12 root
+        """The stand-in for the official Python image ``tag``: stage 06's Debian 13 root
         filesystem with this machine's CAs. If ``tag`` is there already, it is used."""
         if self.exists('image', tag):
             return tag  # the real one, or someone else's: used, not removed
         tarball = image.image()  # built first (debootstrap, 1-3 min) if not cached
         started = time.monotonic()
-        imported = self.made_image('localhost/app-deploy-rootfs-import:bookworm')
+        imported = self.made_image(f'localhost/app-deploy-rootfs-import:{image.SUITE}')
         with subprocess.Popen(['zstd', '-dc', tarball], stdout=subprocess.PIPE) as unzstd:
             self.podman('import', '-', imported, stdin=unzstd.stdout)
         context = self.folder / 'standin-python'
         context.mkdir(exist_ok=True)
-        (context / 'Containerfile').write_text(BASE_CONTAINERFILE)
+        (context / 'Containerfile').write_text(BASE_CONTAINERFILE.format(imported=imported))
         shutil.copy(HOST_CA if HOST_CA.exists() else os.devnull, context / 'ca-certificates.crt')
         self.made_image(tag)
         self.podman('build', '-t', tag, context)

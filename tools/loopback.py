@@ -9,7 +9,9 @@ machine: the site's name is ``localhost`` (a name, so that clients send it in th
 handshake as browsers do), free loopback ports, a throwaway self-signed certificate,
 paths in a temporary folder. Both are stopped by
 PID, and the folder removed, when the block ends, also on Ctrl-C, SIGTERM or failure.
-nginx comes from the system (``apt-get install nginx``).
+nginx comes from the system (``apt-get install nginx``). The servers run Debian 13's
+nginx 1.26; an nginx before 1.25.1 (Debian 12 has 1.22, Ubuntu 24.04 1.24) has no
+``http2 on;``, so a loopback run on one serves the site without that line, over HTTP/1.1.
 """
 
 import contextlib
@@ -48,6 +50,8 @@ SERVER_NAME = 'server_name example.com;'
 SITE_NAME = 'localhost'
 PROXIED_HOST = re.compile(r'^(\s*proxy_set_header (?:X-Forwarded-)?Host \$host);', re.MULTILINE)
 TLS_SNIPPET = 'include snippets/app-deploy-tls.conf;'
+HTTP2 = re.compile(r'^\s*http2 on;.*\n', re.MULTILINE)
+HTTP2_SINCE = (1, 25, 1)  # the nginx that has `http2 on;`
 # From stage 06 on the site is a template that deploy/provision.py fills in: fill it in
 # as stage 05's file reads, then change that as above.
 TEMPLATE = {
@@ -132,6 +136,12 @@ def nginx_binary():
     return found
 
 
+def nginx_version(nginx):
+    """The version of the nginx at ``nginx``, as a tuple: (1, 22, 1)."""
+    said = subprocess.run([nginx, '-v'], capture_output=True, text=True, check=True).stderr
+    return tuple(int(part) for part in re.search(r'nginx/([\d.]+)', said)[1].split('.'))
+
+
 def substitute(text, old, new, count=1):
     """``text`` with ``old`` (a string or a compiled pattern) replaced ``count`` times."""
     if isinstance(old, str):
@@ -144,8 +154,11 @@ def substitute(text, old, new, count=1):
 
 
 def render_site(site_file, *, http_port, https_port, socket_path, certificate, key, snippet):
-    """The production site file, filled in for a loopback run, including ``snippet``."""
+    """The production site file, filled in for a loopback run, including ``snippet``
+    (and without ``http2 on;`` for an nginx that has none)."""
     text = Path(site_file).read_text()
+    if nginx_version(nginx_binary()) < HTTP2_SINCE:
+        text = substitute(text, HTTP2, '')
     for placeholder, value in TEMPLATE.items():
         text = text.replace(placeholder, value)
     text = substitute(text, IPV6_LISTEN, '', count=4)

@@ -75,7 +75,7 @@ RUN_BY = {
     'app_deploy_development"': 'repo/test_troubleshooting.py',
     'psql "$DEV_DATABASE_URL" -c \'select 1\'': 'repo/test_troubleshooting.py',
     'flask create-tables': 'repo/test_troubleshooting.py',
-    'uv pip compile requirements.txt --generate-hashes --python-version 3.11'
+    'uv pip compile requirements.txt --generate-hashes --python-version 3.13'
     ' --python-platform x86_64-manylinux_2_17 -o deploy/requirements-server.txt': 'stages/test_06_deploy.py',
     'nft list chain inet filter input | grep counter': 'stages/test_06_deploy.py',
 }

@@ -1,7 +1,7 @@
 """Stage 08: the app as an image, built and run with Podman, as its README says.
 
 The image is built from a copy of the stage by the README's own command, on a stand-in
-for the official Python image (stage 06's Debian 12 root filesystem, imported under the
+for the official Python image (stage 06's Debian 13 root filesystem, imported under the
 Dockerfile's default base name: registries are unreachable here), and run against a
 stand-in for the official postgres image (tools/standin-postgres/, under compose.yaml's
 name for it); then the README's compose commands bring the stack up, down, up again and

@@ -1,4 +1,4 @@
-"""Stand-in servers for Part 6: Debian 12 containers that boot systemd, reached over ssh.
+"""Stand-in servers for Part 6: Debian 13 containers that boot systemd, reached over ssh.
 
     python3 -m tools.standin staging [production] [--key ~/.ssh/app_deploy.pub]
 
@@ -11,7 +11,7 @@ SIGHUP); then it halts them and removes all it made. In Python::
 How a server is made (as root, on Linux; apt packages: debootstrap systemd-container
 nftables zstd iproute2 openssh-client):
 
-- Its root filesystem: ``debootstrap --variant=minbase`` of Debian 12 with systemd, sshd
+- Its root filesystem: ``debootstrap --variant=minbase`` of Debian 13 with systemd, sshd
   and python3, built once (a minute or two) and kept as a zstd tarball (135 MB) in
   ``~/.cache/app-deploy/standin/``. That folder outlives ``.nox/`` and the clone, so a
   fresh clone or ``rm -rf .nox`` does not build it again. Each server unpacks a copy

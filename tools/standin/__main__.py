@@ -13,7 +13,7 @@ from tools.standin.machine import StandinError
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog='python3 -m tools.standin',
-        description='Boot stand-in servers (Debian 12, systemd) until Ctrl-C, for Part 6.',
+        description='Boot stand-in servers (Debian 13, systemd) until Ctrl-C, for Part 6.',
     )
     parser.add_argument('names', nargs='+', metavar='NAME', help='staging, production, ...')
     parser.add_argument(

@@ -27,8 +27,8 @@ def git(*args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # Debian 12's Python on a 64-bit PC; Ubuntu 24.04 has 3.12, an ARM server aarch64.
-    parser.add_argument('--python-version', default='3.11')
+    # Debian 13's Python on a 64-bit PC; Ubuntu 24.04 has 3.12, an ARM server aarch64.
+    parser.add_argument('--python-version', default='3.13')
     parser.add_argument('--platform', default='manylinux2014_x86_64')
     args = parser.parse_args()
 

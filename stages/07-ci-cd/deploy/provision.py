@@ -1,4 +1,4 @@
-"""Make a fresh Debian 12 server ready to run the app, for one environment.
+"""Make a fresh Debian 13 server ready to run the app, for one environment.
 
     pyinfra inventory.py provision.py --limit staging
 
