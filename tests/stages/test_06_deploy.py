@@ -707,14 +707,22 @@ def test_rollback_by_hand(project, first_release, servers, sites):
     assert current(host, 'production') == newest
 
 
-def test_systemd_restarts_a_killed_gunicorn(first_release, servers, sites):
+def test_systemd_restarts_a_killed_gunicorn_after_quick_rollbacks(first_release, servers, sites):
+    """Six rollbacks in a row, more starts than StartLimitBurst's five a minute: they
+    are asked for, so they leave systemd the restarts that a crash needs."""
     host = servers['production']
     unit = 'app-deploy@production'
+    newest = current(host, 'production')
+    for name in [first_release, newest] * 3:
+        ssh(host, f'/usr/local/sbin/app-deploy-release rollback production {name}')
+    assert current(host, 'production') == newest
     before = ssh(host, f'systemctl show -p MainPID --value {unit}')
     ssh(host, f'systemctl kill --kill-whom=main --signal=KILL {unit}')
     deadline = time.monotonic() + 30
     while ssh(host, f'systemctl show -p MainPID --value {unit}') in (before, '0'):
-        assert time.monotonic() < deadline, 'gunicorn did not come back'
+        if time.monotonic() > deadline:
+            status = ssh(host, f'systemctl status --no-pager {unit} || true')
+            raise AssertionError(f'gunicorn did not come back in 30 s:\n{status}')
         time.sleep(0.2)
     sites['production'].wait()
 
