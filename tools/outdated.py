@@ -52,7 +52,12 @@ def behind(pinned, resolved):
 
 
 def requirement_files():
-    return sorted([*ROOT.glob('stages/*/requirements*.txt'), ROOT / 'docs' / 'requirements.txt'])
+    """The stages' requirements, their deploy tools' (stage 06 on), and the docs'."""
+    found = [
+        *ROOT.glob('stages/*/requirements*.txt'),
+        *ROOT.glob('stages/*/deploy/requirements.txt'),
+    ]
+    return sorted([*found, ROOT / 'docs' / 'requirements.txt'])
 
 
 def main(uv='uv'):
