@@ -718,12 +718,16 @@ def test_systemd_restarts_a_killed_gunicorn_after_quick_rollbacks(first_release,
     assert current(host, 'production') == newest
     before = ssh(host, f'systemctl show -p MainPID --value {unit}')
     ssh(host, f'systemctl kill --kill-whom=main --signal=KILL {unit}')
-    deadline = time.monotonic() + 30
+    # Up to TimeoutStopSec (90 s) and more: on the stand-ins (systemd 257 in a container
+    # on this machine's hybrid cgroups) systemd at times learns only at that timeout that
+    # the killed workers are gone, and waits in stop-sigkill until then (seen in CI).
+    started = time.monotonic()
     while ssh(host, f'systemctl show -p MainPID --value {unit}') in (before, '0'):
-        if time.monotonic() > deadline:
+        if time.monotonic() > started + 150:
             status = ssh(host, f'systemctl status --no-pager {unit} || true')
-            raise AssertionError(f'gunicorn did not come back in 30 s:\n{status}')
+            raise AssertionError(f'gunicorn did not come back in 150 s:\n{status}')
         time.sleep(0.2)
+    timed('a killed gunicorn back', started)
     sites['production'].wait()
 
 
