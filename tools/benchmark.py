@@ -6,13 +6,19 @@ with the package caches (uv's, pip's) as they are, as on a reader's machine afte
 the first day, and the embedded PostgreSQL:
 
 - ``serve -- 03`` in a fresh clone, until its page first answers HTTP 200;
-- the first ``python3 noxfile.py`` in a fresh clone (bootstrap, every session);
-- warm runs (``-r``) of stage 01 alone, 01 and 02, and 01 to 03: the last is the
-  three-stage target, and the steps between them what each further stage adds.
+- the first ``python3 noxfile.py`` in a fresh clone (bootstrap, every session), cold:
+  with an empty cache of stand-in servers (their root filesystem and provisioned
+  images are made again, as on a new CI machine);
+- the same again, warm (``-r``, the cache kept);
+- warm runs of stage 01 alone, 01 and 02, and 01 to 03: the last is the three-stage
+  target, and the steps between them what each further stage adds.
 
-Prints a Markdown table, with the CPU seconds each took (user + system, all processes).
+Prints two Markdown tables: the targets, with the CPU seconds each took (user +
+system, all processes); and the full run and each of its sessions, cold and warm.
+It takes as long as two full runs and a bit: about an hour on two cores.
 """
 
+import json
 import os
 import resource
 import signal
@@ -44,10 +50,10 @@ def clone(folder, name):
 FAILED = []  # what failed, said under the table: its time is not a fair figure
 
 
-def timed(args, cwd):
+def timed(args, cwd, env=None):
     """Run ``args`` in ``cwd``; return (seconds, CPU seconds)."""
     start, start_cpu = time.perf_counter(), cpu()
-    result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=env or ENV, capture_output=True, text=True)
     if result.returncode != 0:
         summary = [line for line in result.stderr.splitlines() if line.startswith('nox > * ')]
         FAILED.append(f'{" ".join(map(str, args))}: ' + '; '.join(summary)[-500:])
@@ -80,28 +86,44 @@ def serve_until_answered(cwd):
         server.wait(60)
 
 
+def full_run(cwd, env, *args):
+    """``python3 noxfile.py ARGS``, every default session: (seconds, CPU seconds,
+    {session: seconds}) as nox's report gives them."""
+    report = Path(cwd) / f'report-{len(args)}.json'
+    seconds, used = timed(['python3', 'noxfile.py', *args, '--report', report], cwd, env)
+    sessions = json.loads(report.read_text())['sessions'] if report.exists() else []
+    return seconds, used, {session['name']: session['duration'] for session in sessions}
+
+
 def main():
     rows = []
     with tempfile.TemporaryDirectory(prefix='app-deploy-benchmark-') as folder:
         seconds, used = serve_until_answered(clone(folder, 'serve'))
         rows.append(('`serve -- 03`, fresh clone, to the first HTTP 200', 10, seconds, used))
         fresh = clone(folder, 'fresh')
-        seconds, used = timed(['python3', 'noxfile.py'], fresh)
-        rows.append(('first `python3 noxfile.py`, fresh clone', 40, seconds, used))
-        warm = {}
+        env = {**ENV, 'APP_DEPLOY_CACHE': str(Path(folder) / 'cache')}
+        cold = full_run(fresh, env)
+        rows.append(('first `python3 noxfile.py`, fresh clone', 40, *cold[:2]))
+        warm = full_run(fresh, env, '-r')
+        steps = {}
         for count in (1, 2, 3):
             sessions = [f'stage{number:02}' for number in range(1, count + 1)]
-            warm[count] = timed(['python3', 'noxfile.py', '-r', '-s', *sessions], fresh)
+            steps[count] = timed(['python3', 'noxfile.py', '-r', '-s', *sessions], fresh, env)
         for count in (2, 3):
-            seconds = warm[count][0] - warm[count - 1][0]
-            used = warm[count][1] - warm[count - 1][1]
+            seconds = steps[count][0] - steps[count - 1][0]
+            used = steps[count][1] - steps[count - 1][1]
             rows.append((f'stage {count:02} added to a warm run', 6, seconds, used))
-        rows.append(('warm `-s stage01 stage02 stage03`', 15, *warm[3]))
+        rows.append(('warm `-s stage01 stage02 stage03`', 15, *steps[3]))
     print('| what | target | took | CPU | met |')
     print('| --- | ---: | ---: | ---: | --- |')
     for what, target, seconds, used in rows:
         met = 'yes' if seconds <= target else f'no, by {seconds - target:.1f} s'
         print(f'| {what} | ≤ {target} s | {seconds:.1f} s | {used:.1f} s | {met} |')
+    print('\n| `python3 noxfile.py`, two at a time | cold | warm (`-r`) |')
+    print('| --- | ---: | ---: |')
+    print(f'| the full run | {cold[0]:.0f} s | {warm[0]:.0f} s |')
+    for name, seconds in cold[2].items():
+        print(f'| {name} | {seconds:.0f} s | {warm[2].get(name, float("nan")):.0f} s |')
     print(f'\n{os.cpu_count()} cores; load average at the end: {os.getloadavg()[0]:.1f}')
     for failure in FAILED:
         print(f'\nFailed: {failure}')
