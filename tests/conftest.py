@@ -57,7 +57,7 @@ def pytest_configure(config):
 STANDIN_MARKER = 'standin: runs on stand-in servers or in containers, with their own PostgreSQL'
 # The fixtures that give a test those: the stand-in servers of stages 06 and 07, and
 # Podman for stage 08's images.
-STANDIN_FIXTURES = {'servers', 'engine'}
+STANDIN_FIXTURES = {'servers', 'provisioned_servers', 'engine'}
 
 
 def pytest_itemcollected(item):

@@ -1,5 +1,6 @@
 """A reader's project deployed to the stand-in servers with pyinfra (stages 06 on)."""
 
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import urllib3
 
+from tests.helpers.machine import skip_without
 from tests.helpers.reader import PooledSite
+from tools import standin
+from tools.standin import provisioned
 
 DOMAINS = {'staging': 'staging.app-deploy.test', 'production': 'www.app-deploy.test'}
 
@@ -230,3 +234,40 @@ def wait_for_the_lock(host, deploy, env='staging', seconds=180):
             raise AssertionError(f'the deploy ended before it took the lock:\n{output[-4000:]}')
         assert time.monotonic() < deadline, ssh(host, 'nft list ruleset | grep counter')
         time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def booted(keys, tarballs=None):
+    """The two stand-in servers, from ``tarballs`` ({env: image}) or a fresh Debian."""
+    skip_without(standin.check_machine, standin.StandinError)
+    subprocess.run(
+        ['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', keys / 'id_ed25519'], check=True
+    )
+    tarballs = tarballs or {}
+    with contextlib.ExitStack() as stack:
+        hosts = {
+            env: stack.enter_context(
+                standin.running(env, keys / 'id_ed25519.pub', tarballs.get(env))
+            )
+            for env in DOMAINS
+        }
+        for env, host in hosts.items():
+            print(env, ', '.join(f'{step}: {took:.1f} s' for step, took in host.timings.items()))
+        yield hosts
+
+
+def provisioned_images(stage_dir):
+    """{env: the image of its server provisioned by the stage's deploy/}."""
+    return {env: provisioned.image_for(env, stage_dir / 'deploy') for env in DOMAINS}
+
+
+def keep_provisioned(hosts, images):
+    """Keep each server, just provisioned, as its image (both at once); say how long."""
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        keeping = {
+            env: pool.submit(provisioned.keep, host, images[env]) for env, host in hosts.items()
+        }
+    print(
+        'kept as images:',
+        ', '.join(f'{env} {kept.result():.1f} s' for env, kept in keeping.items()),
+    )

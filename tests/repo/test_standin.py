@@ -29,7 +29,7 @@ from tools import noxrun, standin
 from tools.processes import start_piped
 from tools.stages import ROOT
 from tools.standin import host as host_module
-from tools.standin import image, network
+from tools.standin import image, network, provisioned
 from tools.standin.machine import sh
 
 pytestmark = pytest.mark.stages('repo')
@@ -347,6 +347,38 @@ def test_the_readers_key(tmp_path):
         assert f'-i {key} ' in host.ssh_line
         assert host.ssh('hostname').stdout == 'readers\n'
     assert ours(os.getpid(), 'readers') == NOTHING
+
+
+def test_a_kept_image_boots_with_what_it_held_and_keys_of_its_own(tmp_path, monkeypatch):
+    """A server kept as an image (tools/standin/provisioned.py) comes back as it was, less
+    its host key and machine id, which each copy makes anew; the first comes back too."""
+    monkeypatch.setattr(provisioned, 'CACHE', tmp_path)
+    kept = tmp_path / 'provisioned-readers-test.tar.zst'
+    with standin.running('readers') as host:
+        host.ssh('echo provisioned > /etc/app-deploy-kept')
+        before = host.ssh('cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub').stdout
+        provisioned.keep(host, kept)
+        assert host.ssh('cat /etc/app-deploy-kept').stdout == 'provisioned\n'
+    with standin.running('readers', tarball=kept) as copy:
+        assert copy.ssh('cat /etc/app-deploy-kept').stdout == 'provisioned\n'
+        after = copy.ssh('cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub').stdout
+        assert set(after.splitlines()).isdisjoint(before.splitlines())
+    assert ours(os.getpid(), 'readers') == NOTHING
+
+
+def test_an_images_key_is_what_made_it(tmp_path):
+    """The same code gives the same image wherever it lies; one byte, a file's name or
+    the server's name changed gives another."""
+    for folder in ('a', 'b'):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / 'provision.py').write_text('apt install nginx\n')
+    first = provisioned.image_for('staging', tmp_path / 'a')
+    assert provisioned.image_for('staging', tmp_path / 'b') == first
+    assert provisioned.image_for('production', tmp_path / 'a') != first
+    (tmp_path / 'b' / 'provision.py').write_text('apt install nginx \n')
+    assert provisioned.image_for('staging', tmp_path / 'b') != first
+    (tmp_path / 'a' / 'provision.py').rename(tmp_path / 'a' / 'setup.py')
+    assert provisioned.image_for('staging', tmp_path / 'a') != first
 
 
 def test_a_server_that_does_not_boot_is_removed(monkeypatch):

@@ -33,8 +33,10 @@ from tests.helpers.deploy import (
     Project,
     authorize,
     current,
+    keep_provisioned,
     load_on,
     new_key,
+    provisioned_images,
     site,
     ssh,
     sudo_allows,
@@ -98,13 +100,15 @@ def project(stage_dir, stage_bin, servers, tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def provisioned(project):
-    """Both servers provisioned; the outputs of the first and the second run."""
+def provisioned(project, stage_dir, servers):
+    """Both servers provisioned; the outputs of the first and the second run. The servers
+    are then kept as images, for the tests of later stages that start provisioned."""
     started = time.monotonic()
     first = project.pyinfra('provision.py')
     started = timed('provision, first run', started)
     second = project.pyinfra('provision.py')
     started = timed('provision, second run', started)
+    keep_provisioned(servers, provisioned_images(stage_dir))
     return first.stdout, second.stdout
 
 

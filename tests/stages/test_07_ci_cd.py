@@ -607,11 +607,17 @@ class Deploys:
 
 
 @pytest.fixture(scope='module')
+def servers(provisioned_servers):
+    """Both servers provisioned by hand, as Part 6 has it (from the images stage 06
+    kept, when its deploy/ is this one's: tests/helpers/deploy.py)."""
+    return provisioned_servers
+
+
+@pytest.fixture(scope='module')
 def deploys(stage_bin, servers, tmp_path_factory):
-    """The stage as a reader's git project, both servers provisioned by hand (Part 6)."""
+    """The stage as a reader's git project, on the provisioned servers."""
     folder = tmp_path_factory.mktemp('deploys')
     project = Project(STAGE, folder / 'app', stage_bin, servers)
-    project.pyinfra('provision.py')
     return Deploys(project, servers, folder, stage_bin)
 
 

@@ -44,6 +44,7 @@ class Host:
     known_hosts: Path  # holds this server's host key alone
     folder: Path
     veth: str  # its end on this machine
+    netns: str  # its network namespace
     user: str = USER
     process: subprocess.Popen | None = field(default=None, repr=False)  # systemd-nspawn
     stopping: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -105,17 +106,19 @@ def names(pid, name):
 
 
 @contextlib.contextmanager
-def running(name, public_key=None):
+def running(name, public_key=None, tarball=None):
     """Boot the stand-in server ``name``; yield its Host; halt it and remove all it made.
 
     ``public_key``: the path of the reader's public key, let in instead of a key made
     for the run (ssh then uses the private key next to it, when there is one).
+    ``tarball``: the root filesystem to boot, if not Debian's as debootstrap made it
+    (a provisioned server's image: tools/standin/provisioned.py).
     """
     if not NAME.fullmatch(name):
         raise StandinError(f'a server name is lower case letters and digits: not {name!r}')
     check_machine()
     sweep_stale()
-    tarball = image()
+    tarball = tarball or image()
     made = names(os.getpid(), name)
     folder, rootfs = made['folder'], made['folder'] / 'rootfs'
     if folder.exists():
@@ -126,13 +129,14 @@ def running(name, public_key=None):
         rootfs.mkdir(mode=0o755)
         started = time.monotonic()
         sh(*TAR, '-I', 'zstd', '-C', rootfs, '-xpf', tarball)
+        (rootfs / 'etc/machine-id').touch()  # empty: made at boot (an image has none)
         restored = time.monotonic() - started
         veth, address, gateway, mirror_hosts = connect(made)
         key, known_hosts = keys(folder, rootfs, name, address, public_key)
         configure(rootfs, name, address, gateway, mirror_hosts)
-        host = Host(name, address, key, known_hosts, folder, veth)
+        host = Host(name, address, key, known_hosts, folder, veth, made['netns'])
         started = time.monotonic()
-        boot(host, made['netns'])
+        boot(host)
         wait_for_ssh(host)
         host.timings.update(restore=restored, boot_to_ssh=time.monotonic() - started)
         yield host
@@ -204,7 +208,7 @@ def configure(rootfs, name, address, gateway, mirror_hosts):
     )
 
 
-def boot(host, netns):
+def boot(host):
     """Start systemd-nspawn for ``host``; restart it while the container reboots.
 
     In a session of its own, so that Ctrl-C in the terminal reaches us, not it: we
@@ -212,7 +216,7 @@ def boot(host, netns):
     """
     command = [
         *('systemd-nspawn', '--boot', f'--directory={host.folder / "rootfs"}'),
-        *(f'--machine={host.name}', f'--network-namespace-path=/run/netns/{netns}'),
+        *(f'--machine={host.name}', f'--network-namespace-path=/run/netns/{host.netns}'),
         # nspawn grants CAP_NET_ADMIN only with the networks it makes itself; networkd
         # needs it (it skips without), and it reaches no further than the namespace.
         '--capability=CAP_NET_ADMIN',

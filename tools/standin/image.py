@@ -30,8 +30,9 @@ TAR = ['tar', '--numeric-owner', '--xattrs', '--xattrs-include=*', '--acls']
 IMAGE_VERSION = 1
 
 
+# APP_DEPLOY_CACHE, when set, names another folder (tools/benchmark.py: a cold run).
 CACHE = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'app-deploy'
-CACHE /= 'standin'
+CACHE = Path(os.environ.get('APP_DEPLOY_CACHE') or CACHE) / 'standin'
 
 
 DEFAULT_MIRROR = 'http://deb.debian.org/debian'
