@@ -132,6 +132,20 @@ def test_session_menu_is_plain_and_lists_every_stage(envdir):
         assert line in result.stdout.splitlines()  # selected by default, tagged, described
 
 
+def test_every_session_the_pages_name_is_in_the_menu(envdir):
+    """A `nox -s NAME` or `noxfile.py -s NAME` in a README or a docs page names a session
+    that exists (stage READMEs once named one by its old name)."""
+    menu = run_nox('python3 noxfile.py -l', envdir).stdout
+    sessions = set(re.findall(r'^[*-] (\S+)', menu, re.MULTILINE))
+    pages = [ROOT / 'README.md', *ROOT.glob('docs/*.md'), *ROOT.glob('stages/*/README.md')]
+    named = {
+        (page.relative_to(ROOT).as_posix(), name)
+        for page in pages
+        for name in re.findall(r'(?:\bnox|noxfile\.py) -s ([\w-]+)', page.read_text())
+    }
+    assert named and {(page, name) for page, name in named if name not in sessions} == set()
+
+
 @pytest.mark.parametrize('line', ['python3 noxfile.py', 'nox'])
 def test_hints_name_the_command_the_reader_used(line, envdir):
     result = run_nox(f'{line} -s diff -- 01', envdir)
