@@ -194,19 +194,37 @@ def test_apt_get_update_on_staging(servers):
     assert 'Candidate: 1.26' in staging.ssh('apt-cache policy nginx').stdout  # Debian 13's
 
 
-def test_the_servers_reach_nothing_else(servers):
-    """Not each other (the one other address a test may send to), and no DNS."""
-    staging, production = servers.hosts.values()
+def connecting(client, address, port):
+    """What ``client`` gets, trying to open a TCP connection to ``address``:``port``:
+    'connected', or the error's name ('TimeoutError': dropped on the way)."""
     probe = (
         'import socket\n'
         'try:\n'
-        f'    socket.create_connection(({production.address!r}, 22), timeout=3)\n'
+        f'    socket.create_connection(({address!r}, {port}), timeout=3)\n'
         "    print('connected')\n"
         'except OSError as error:\n'
         '    print(type(error).__name__)\n'
     )
-    assert staging.ssh(f'python3 -c "{probe}"').stdout == 'TimeoutError\n'
+    return client.ssh(f'python3 -c "{probe}"').stdout.strip()
+
+
+def test_the_servers_reach_nothing_else(servers):
+    """Not each other (the one other address a test may send to), and no DNS."""
+    staging, production = servers.hosts.values()
+    assert connecting(staging, production.address, 22) == 'TimeoutError'
     assert staging.ssh('getent hosts example.org', check=False).returncode != 0
+
+
+def test_a_server_let_reach_another_reaches_that_port_alone(servers):
+    """let_reach(staging, production, 22): that port, that way; not another port, nor
+    the other way (Part 9's backup server, reached over ssh from the others)."""
+    staging, production = servers.hosts.values()
+    standin.let_reach(staging, production, 22)
+    assert connecting(staging, production.address, 22) == 'connected'
+    assert connecting(staging, production.address, 80) == 'TimeoutError'  # dropped, not refused
+    assert connecting(production, staging.address, 22) == 'TimeoutError'
+    banner = staging.ssh(f'timeout 5 bash -c "head -c 8 < /dev/tcp/{production.address}/22"')
+    assert banner.stdout == 'SSH-2.0-'
 
 
 def test_a_reboot_comes_back(servers):

@@ -27,7 +27,7 @@ nftables zstd iproute2 openssh-client):
   port 80 or 443, through this machine (``ip_forward`` and a masquerade rule in an nft
   table of its own, ``app_deploy_standin_<pid>_<name>``). It has no DNS: the mirror's names
   are pinned in its ``/etc/hosts``. Nothing else leaves; two servers cannot reach each
-  other.
+  other, until ``let_reach(client, server, port)`` opens that one port one way.
 - Its keys: a new ed25519 host key made in its root filesystem, written to a
   ``known_hosts`` file for its address (so ssh checks it: ``StrictHostKeyChecking=yes``),
   and an ssh key pair made for the run, or the reader's public key.
@@ -35,13 +35,14 @@ nftables zstd iproute2 openssh-client):
 A run killed outright (SIGKILL) leaves all this behind; the next run removes it.
 """
 
-from tools.standin.host import Host, running, sweep_stale, teardown, wait_for_ssh
+from tools.standin.host import Host, let_reach, running, sweep_stale, teardown, wait_for_ssh
 from tools.standin.machine import StandinError, check_machine
 
 __all__ = [
     'Host',
     'StandinError',
     'check_machine',
+    'let_reach',
     'running',
     'sweep_stale',
     'teardown',

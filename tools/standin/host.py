@@ -21,6 +21,7 @@ from tools.standin.image import SUITE, TAR, image, mirrors
 from tools.standin.machine import StandinError, check_machine, sh
 from tools.standin.network import (
     NETNS,
+    allow,
     connect,
     delete_netns,
     delete_table,
@@ -247,6 +248,17 @@ def boot(host):
 
     start()
     threading.Thread(target=restart_on_reboot, daemon=True).start()
+
+
+def let_reach(client, server, port):
+    """Let the stand-in ``client`` open connections to ``port`` of ``server`` (both
+    Hosts of this process), as a server reaches another over a private network."""
+    pid = os.getpid()
+    allow(
+        (names(pid, client.name)['table'], client.address),
+        (names(pid, server.name)['table'], server.address),
+        port,
+    )
 
 
 def wait_for_ssh(host, timeout=60):

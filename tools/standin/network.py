@@ -110,6 +110,18 @@ def allow_mirror(table, address, mirror_addresses):
     sh('nft', '-f', '-', input=rules)
 
 
+def allow(client, server, port):
+    """Let the server at ``client`` (table, address) open TCP connections to ``port``
+    of the one at ``server``, and nothing more; the replies pass. The rules go at the
+    top of both servers' tables (each drops the rest), and go with them."""
+    (client_table, client_address), (server_table, server_address) = client, server
+    new = f'ip saddr {client_address} ip daddr {server_address} tcp dport {port} accept'
+    for table in (client_table, server_table):
+        sh('nft', 'insert', 'rule', 'ip', table, 'forward', *new.split())
+    reply = f'ip saddr {server_address} ip daddr {client_address} ct state established accept'
+    sh('nft', 'insert', 'rule', 'ip', server_table, 'forward', *reply.split())
+
+
 def delete_netns(netns):
     if netns_exists(netns):
         sh('ip', 'netns', 'delete', netns)
