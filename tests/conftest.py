@@ -55,9 +55,9 @@ def pytest_configure(config):
 
 
 STANDIN_MARKER = 'standin: runs on stand-in servers or in containers, with their own PostgreSQL'
-# The fixtures that give a test those: the stand-in servers of stages 06 and 07, and
+# The fixtures that give a test those: the stand-in servers of stages 06, 07 and 09, and
 # Podman for stage 08's images.
-STANDIN_FIXTURES = {'servers', 'provisioned_servers', 'engine'}
+STANDIN_FIXTURES = {'servers', 'provisioned_servers', 'standins', 'engine'}
 
 
 def pytest_itemcollected(item):

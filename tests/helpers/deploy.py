@@ -47,31 +47,56 @@ FAILED_UNITS = (
 class Project:
     """A reader's project: a git copy of the stage, deployed with its deploy/ commands."""
 
-    def __init__(self, stage_dir, folder, bin_dir, servers):
-        self.folder, self.servers, self.outputs = folder, servers, []
+    def __init__(self, stage_dir, folder, bin_dir, servers, keyscan=KEYSCAN):
+        self.folder, self.servers, self.outputs, self.keyscan = folder, servers, [], keyscan
         shutil.copytree(stage_dir, folder, ignore=shutil.ignore_patterns('__pycache__', '.venv'))
-        self.key = servers['staging'].key
+        self.key = next(iter(servers.values())).key
         self.env = {**os.environ, 'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}'}
         for env, host in servers.items():
-            self.env[f'{env.upper()}_HOST'] = host.address
-            self.env[f'{env.upper()}_DOMAIN'] = DOMAINS[env]
+            self.point(env, host)
         for role in ('AUTHOR', 'COMMITTER'):
             self.env.update(
                 {f'GIT_{role}_NAME': 'Reader', f'GIT_{role}_EMAIL': 'reader@example.com'}
             )
         self.git('init', '--quiet')
         self.commit('The stage, as the reader has it')
-        # The README's steps that pin the servers' keys: fetch them, compare their
-        # fingerprints with those the servers have (here, those they were made with),
-        # commit them.
-        self.run('bash', '-c', KEYSCAN)
+        self.pin_keys()
+
+    def point(self, env, host):
+        """Name ``host`` as the server of ``env`` (ENV_HOST, and its site's domain)."""
+        self.servers[env] = host
+        self.env[f'{env.upper()}_HOST'] = host.address
+        if env in DOMAINS:
+            self.env[f'{env.upper()}_DOMAIN'] = DOMAINS[env]
+
+    def pin_keys(self):
+        """The README's steps that pin the servers' keys: fetch them, compare their
+        fingerprints with those the servers have (here, those they were made with),
+        commit them."""
+        self.run('bash', '-c', self.keyscan)
         fingerprints = self.run(*FINGERPRINTS.split()).stdout.split()
-        for host in servers.values():
+        for host in self.servers.values():
             pinned = subprocess.run(
                 ['ssh-keygen', '-lf', host.known_hosts], capture_output=True, text=True
             )
             assert pinned.stdout.split()[1] in fingerprints
         self.run('bash', '-c', PIN)
+
+    def ssh_as_reader(self):
+        """Make `ssh` in the project's commands log in as the reader's does: with the
+        run's key, checking the host keys in deploy/known_hosts (ssh reads no config
+        from $HOME, so a wrapper first on PATH gives it one)."""
+        tools = self.folder.parent / 'reader-bin'
+        tools.mkdir(exist_ok=True)
+        config = tools / 'ssh_config'
+        config.write_text(
+            f'IdentityFile {self.key}\nIdentitiesOnly yes\nBatchMode yes\n'
+            f'UserKnownHostsFile {self.folder}/deploy/known_hosts\nStrictHostKeyChecking yes\n'
+        )
+        wrapper = tools / 'ssh'
+        wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("ssh")} -F {config} "$@"\n')
+        wrapper.chmod(0o755)
+        self.env['PATH'] = f'{tools}{os.pathsep}{self.env["PATH"]}'
 
     def git(self, *args):
         subprocess.run(
@@ -91,11 +116,11 @@ class Project:
         result = self.run('python3', 'build.py')
         return result.stdout.strip().splitlines()[-1]
 
-    def run(self, *command, check=True, timeout=300):
+    def run(self, *command, check=True, timeout=300, env=None):
         result = subprocess.run(
             command,
             cwd=self.folder / 'deploy',
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,  # pyinfra's progress, with the results
             text=True,
@@ -236,24 +261,46 @@ def wait_for_the_lock(host, deploy, env='staging', seconds=180):
         time.sleep(0.2)
 
 
+class Standins:
+    """Stand-in servers that let in one key made for the run; any of them can be lost
+    (halted and removed) and booted anew."""
+
+    def __init__(self, keys):
+        skip_without(standin.check_machine, standin.StandinError)
+        new_key(keys / 'id_ed25519')
+        self.public_key = keys / 'id_ed25519.pub'
+        self.hosts, self.stacks = {}, {}
+
+    def boot(self, name, tarball=None):
+        stack = contextlib.ExitStack()
+        host = stack.enter_context(standin.running(name, self.public_key, tarball))
+        self.hosts[name], self.stacks[name] = host, stack
+        print(name, ', '.join(f'{step}: {took:.1f} s' for step, took in host.timings.items()))
+        return host
+
+    def lose(self, name, power_cut=False):
+        """Halt the server ``name`` (or cut its power: nothing it holds is written out)
+        and remove all it was: a server lost."""
+        if power_cut:
+            standin.power_cut(self.hosts[name])
+        self.stacks.pop(name).close()
+        del self.hosts[name]
+
+    def close(self):
+        for name in reversed(list(self.stacks)):
+            self.lose(name)
+
+
 @contextlib.contextmanager
-def booted(keys, tarballs=None):
-    """The two stand-in servers, from ``tarballs`` ({env: image}) or a fresh Debian."""
-    skip_without(standin.check_machine, standin.StandinError)
-    subprocess.run(
-        ['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', keys / 'id_ed25519'], check=True
-    )
-    tarballs = tarballs or {}
-    with contextlib.ExitStack() as stack:
-        hosts = {
-            env: stack.enter_context(
-                standin.running(env, keys / 'id_ed25519.pub', tarballs.get(env))
-            )
-            for env in DOMAINS
-        }
-        for env, host in hosts.items():
-            print(env, ', '.join(f'{step}: {took:.1f} s' for step, took in host.timings.items()))
-        yield hosts
+def booted(keys, tarballs=None, names=tuple(DOMAINS)):
+    """The stand-in servers ``names``, from ``tarballs`` ({name: image}) or a fresh Debian."""
+    standins = Standins(keys)
+    try:
+        for name in names:
+            standins.boot(name, (tarballs or {}).get(name))
+        yield standins.hosts
+    finally:
+        standins.close()
 
 
 def provisioned_images(stage_dir):

@@ -35,14 +35,25 @@ nftables zstd iproute2 openssh-client):
 A run killed outright (SIGKILL) leaves all this behind; the next run removes it.
 """
 
-from tools.standin.host import Host, let_reach, running, sweep_stale, teardown, wait_for_ssh
+from tools.standin.host import (
+    Host,
+    cut_off,
+    let_reach,
+    power_cut,
+    running,
+    sweep_stale,
+    teardown,
+    wait_for_ssh,
+)
 from tools.standin.machine import StandinError, check_machine
 
 __all__ = [
     'Host',
     'StandinError',
     'check_machine',
+    'cut_off',
     'let_reach',
+    'power_cut',
     'running',
     'sweep_stale',
     'teardown',

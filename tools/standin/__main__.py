@@ -6,7 +6,7 @@ import sys
 import time
 
 from tools import noxrun
-from tools.standin.host import REBOOTED, running
+from tools.standin.host import REBOOTED, let_reach, running
 from tools.standin.machine import StandinError
 
 
@@ -15,7 +15,12 @@ def main(argv=None):
         prog='python3 -m tools.standin',
         description='Boot stand-in servers (Debian 13, systemd) until Ctrl-C, for Part 6.',
     )
-    parser.add_argument('names', nargs='+', metavar='NAME', help='staging, production, ...')
+    parser.add_argument(
+        'names',
+        nargs='+',
+        metavar='NAME',
+        help='staging, production, ... (and backup, which the others reach by ssh: Part 9)',
+    )
     parser.add_argument(
         '--key', metavar='PUBLIC_KEY', help='let your key in, e.g. ~/.ssh/app_deploy.pub'
     )
@@ -24,6 +29,10 @@ def main(argv=None):
     try:
         with contextlib.ExitStack() as stack:
             hosts = [stack.enter_context(running(name, args.key)) for name in args.names]
+            backups = [host for host in hosts if host.name == 'backup']
+            for host in hosts:  # Part 9: the others reach the backup server over ssh
+                if backups and host is not backups[0]:
+                    let_reach(host, backups[0], 22)
             for host in hosts:
                 print(f'{host.name} is up at {host.address}. Log in with:\n    {host.ssh_line}')
             print('Ctrl-C stops the servers and removes them.', flush=True)

@@ -261,6 +261,23 @@ def let_reach(client, server, port):
     )
 
 
+@contextlib.contextmanager
+def cut_off(client, server):
+    """For the block, drop all that ``client`` sends ``server``: a network that fails
+    between them, both still running. In an nft table of its own, deleted after (or,
+    for a killed run, by the next one's sweep)."""
+    table = names(os.getpid(), f'{server.name}cut')['table']
+    sh('nft', '-f', '-', input=(
+        f'table ip {table} {{\n chain forward {{\n'
+        f'  type filter hook forward priority filter - 1;\n'
+        f'  ip saddr {client.address} ip daddr {server.address} drop\n }}\n}}\n'
+    ))  # fmt: skip
+    try:
+        yield
+    finally:
+        delete_table(table)
+
+
 def wait_for_ssh(host, timeout=60):
     """Wait until sshd on ``host`` answers with its banner."""
     deadline = time.monotonic() + timeout
@@ -334,6 +351,15 @@ def halt(host, timeout):
         host.process.kill()
         host.process.wait()
     host.timings['halt'] = time.monotonic() - started
+
+
+def power_cut(host):
+    """Stop ``host`` at once, as a power cut: every process in it killed, none told,
+    nothing written to disk after. teardown() then removes what is left."""
+    kill_all(host.netns)
+    with host.lock:
+        host.stopping.set()
+    host.process.wait(30)
 
 
 def kill_all(netns):
