@@ -203,6 +203,23 @@ def test_the_backups_reach_the_backup_server_encrypted(project, production):
     assert ssh(backup, f'ls {repository}/backup/production').count('F') >= 1  # a full one
 
 
+def test_the_nightly_backup_is_a_timer_systemd_accepts(project, provisioned):
+    for env in DOMAINS:
+        host = project.servers[env]
+        units = f'app-deploy-backup@{env}.service app-deploy-backup@{env}.timer'
+        verified = host.ssh(f'systemd-analyze verify {units}', check=False)
+        assert (verified.returncode, verified.stdout + verified.stderr) == (0, '')
+        assert ssh(host, f'systemctl is-enabled app-deploy-backup@{env}.timer') == 'enabled'
+        next_run = ssh(
+            host, f'systemctl show -P NextElapseUSecRealtime app-deploy-backup@{env}.timer'
+        )
+        assert re.search(r' 0[34]:\d\d:\d\d ', next_run), (
+            next_run
+        )  # 03:00 UTC, 30 min at most late
+        user = ssh(host, f'systemctl show -P User app-deploy-backup@{env}.service')
+        assert user == 'postgres'
+
+
 def test_each_environment_gets_sftp_in_its_own_folder_alone(project, provisioned):
     backup = project.servers['backup']
     key = project.folder / 'deploy/secrets/production-backup'
