@@ -252,9 +252,7 @@ def test_a_restore_to_a_moment_undoes_names_deleted_by_hand(project, production)
     ssh(host, f'{PSQL} "DELETE FROM names"')
     assert production.names() == []
     restored = readme(project, RESTORE_TO.replace(EXAMPLE_TIME, moment)).stdout
-    (said,) = [
-        line for line in restored.splitlines() if 'production: restored from backup' in line
-    ]
+    (said,) = [line for line in restored.splitlines() if 'production: restored backup' in line]
     assert said.endswith(': 4 names'), said
     assert names_in_the_database(host) == ['Foobar', 'Mark', 'Joanna', 'Written before']
     assert production.names() == ['Written before', 'Joanna', 'Mark', 'Foobar']  # newest first
@@ -430,7 +428,7 @@ def test_a_lost_production_server_is_rebuilt_from_the_backups(project, productio
     survived = [(moment, name) for moment, name in typed if name in kept]
     assert survived == typed[: len(survived)]
     newest = survived[-1][0] if survived else started
-    (said,) = [line for line in restored.splitlines() if 'restored from backup' in line]
+    (said,) = [line for line in restored.splitlines() if 'restored backup' in line]
     print(
         f'RPO {lost_at - newest:.1f} s ({len(survived)} of {len(typed)} names written survived);'
         f' RTO {back_at - lost_at:.0f} s; {said.strip()}'
