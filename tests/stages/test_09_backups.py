@@ -258,6 +258,43 @@ def test_a_restore_to_a_moment_undoes_names_deleted_by_hand(project, production)
     assert production.names() == ['Written before', 'Joanna', 'Mark', 'Foobar']  # newest first
 
 
+# A release whose migration destroys what it should keep: every name overwritten.
+CARELESS_MIGRATION = """\"\"\"Tidy the names (test release: it loses them)\"\"\"
+from alembic import op
+
+revision = 'c3d4e5f6a7b8'
+down_revision = '948a6eac32b5'
+
+
+def upgrade():
+    op.execute("UPDATE names SET name = 'tidied'")
+
+
+def downgrade():
+    pass
+"""
+
+
+def test_a_release_whose_migration_destroys_names_is_undone_by_a_restore(project, production):
+    """Deployed to staging and production, the release overwrites every name; production
+    is restored to the moment before its deploy and rolled back to the release before."""
+    host = project.servers['production']
+    before = names_in_the_database(host)
+    project.build(
+        'Tidy the names', {'migrations/versions/c3d4e5f6a7b8_tidy.py': CARELESS_MIGRATION}
+    )
+    readme(project, 'pyinfra inventory.py release.py --limit staging')
+    moment = server_now(host)
+    time.sleep(1)
+    readme(project, 'pyinfra inventory.py release.py --limit production')
+    assert set(names_in_the_database(host)) == {'tidied'}
+    readme(project, RESTORE_TO.replace(EXAMPLE_TIME, moment))
+    readme(project, 'pyinfra inventory.py rollback.py --limit production')
+    assert names_in_the_database(host) == before
+    assert production.names() == before[::-1]
+    project.pyinfra('rollback.py', 'staging')  # so that a deploy from staging is not it again
+
+
 def refused(result, line, production):
     """``result`` (a restore's) failed, saying ``line`` in one line of its own, and the
     site still serves."""

@@ -366,7 +366,8 @@ def kill_all(netns):
     """Kill what still runs in the namespace: it is all this server's (a container left
     running by an nspawn killed outright)."""
     for pid in netns_pids(netns):
-        os.kill(int(pid), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # ended since it was listed
+            os.kill(int(pid), signal.SIGKILL)
 
 
 def delete_folder(folder):
