@@ -11,6 +11,7 @@ with the data lost (RPO) and the time the site was away (RTO) printed (pytest -s
 """
 
 import concurrent.futures
+import contextlib
 import json
 import re
 import shlex
@@ -28,6 +29,7 @@ from tests.helpers.deploy import (
     Standins,
     site,
     ssh,
+    wait_for_the_lock,
 )
 from tools import standin
 from tools.stagediff import same_in
@@ -43,6 +45,7 @@ PROVISION_BACKUP = 'pyinfra inventory.py backup_server.py --limit backup'
 PROVISION = 'pyinfra inventory.py provision.py --exclude backup'
 BACKUP_NOW = 'ssh root@"$PRODUCTION_HOST" systemctl start app-deploy-backup@production'
 STATUS = 'ssh root@"$PRODUCTION_HOST" app-deploy-backup status production'
+INFO = 'ssh root@"$PRODUCTION_HOST" runuser -u postgres -- pgbackrest --stanza=production info'
 EXAMPLE_TIME = '2026-12-02 10:15:00+00'
 RESTORE_TO = (
     'pyinfra inventory.py restore.py --limit production --data force=yes'
@@ -50,6 +53,7 @@ RESTORE_TO = (
 )
 RESTORE = 'pyinfra inventory.py restore.py --limit production --data force=yes'
 REPROVISION = 'pyinfra inventory.py provision.py --limit production'
+COPY = 'pyinfra inventory.py restore.py --limit staging --data from=production --data force=yes'
 RUNS = [
     'pip install -r deploy/requirements.txt',  # the nox session, from requirements-dev.txt
     'cd deploy',  # Project.run
@@ -66,11 +70,13 @@ RUNS = [
     'pyinfra inventory.py release.py --limit production',
     BACKUP_NOW,
     STATUS,
+    INFO,
     RESTORE_TO,
     RESTORE,
     REPROVISION,  # a lost server rebuilt
     RESTORE,
     'pyinfra inventory.py release.py --limit production',
+    COPY,
 ]
 # Stage 06's, run there on the same files (the test below checks they are).
 RUN_BY_STAGE_06 = ['pyinfra inventory.py rollback.py --limit production']
@@ -201,6 +207,14 @@ def test_the_backups_reach_the_backup_server_encrypted(project, production):
     found = backup.ssh(f'grep -rl Joanna {repository}', check=False)
     assert found.returncode == 1, found.stdout
     assert ssh(backup, f'ls {repository}/backup/production').count('F') >= 1  # a full one
+
+
+def test_pgbackrest_lists_the_backups_and_the_wal(project, production):
+    listed = readme(project, INFO).stdout
+    print(listed)
+    assert 'status: ok' in listed and 'cipher: aes-256-cbc' in listed, listed
+    assert re.search(r'wal archive min/max \(17\): 0+\w+/0+\w+', listed), listed
+    assert re.search(r'^ +full backup: \d{8}-\d{6}F$', listed, re.MULTILINE), listed
 
 
 def test_the_nightly_backup_is_a_timer_systemd_accepts(project, provisioned):
@@ -347,14 +361,21 @@ def test_a_wrong_passphrase_stops_the_restore_with_one_line(project, production)
 
 
 def test_a_second_restore_while_one_runs_is_refused(project, production):
+    """Two restores of production at once: the one that comes second, on the server
+    itself (restore.py runs that command), is refused; the first ends as it should."""
     host = project.servers['production']
-    lock = '/run/lock/app-deploy-restore-production.lock'
-    ssh(host, f'systemd-run --unit=restoring flock {lock} sleep 300')  # as a restore holds it
-    try:
-        result = readme(project, RESTORE, check=False)
-    finally:
-        ssh(host, 'systemctl stop restoring')
-    refused(result, 'another restore of production is running', production)
+    before = names_in_the_database(host)
+    first = project.popen_pyinfra('restore.py', 'production', '--data', 'force=yes')
+    wait_for_the_lock(host, first, env='restore-production')
+    second = host.ssh('app-deploy-backup restore production --force', check=False)
+    output = first.communicate(timeout=600)[0]
+    assert first.returncode == 0, output
+    assert (second.returncode, second.stderr.strip()) == (
+        1,
+        'app-deploy-backup: another restore of production is running',
+    )
+    assert names_in_the_database(host) == before
+    assert production.get('/health').status == 200
 
 
 def test_the_site_serves_while_the_backup_server_is_cut_off_and_no_wal_is_lost(
@@ -370,6 +391,77 @@ def test_the_site_serves_while_the_backup_server_is_cut_off_and_no_wal_is_lost(
     # Every segment is there: a restore to the newest point has the name written then.
     readme(project, RESTORE)
     assert 'Written while cut off' in names_in_the_database(host)
+
+
+@contextlib.contextmanager
+def disk_full(server, folder):
+    """``folder`` on ``server`` moved onto a small disk of its own (a tmpfs) and the disk
+    filled; room made again on leaving. The folder stays on that disk."""
+    ssh(
+        server,
+        f'mkdir /mnt/small && mount -t tmpfs -o size=512m small /mnt/small'
+        f' && cp -a {folder} /mnt/small/folder && mount --bind /mnt/small/folder {folder}'
+        ' && { dd if=/dev/zero of=/mnt/small/filler bs=1M status=none || true; }',
+    )
+    try:
+        assert ssh(server, 'df --output=avail /mnt/small').split()[-1] == '0'
+        yield
+    finally:
+        ssh(server, 'rm /mnt/small/filler')
+
+
+def test_the_site_serves_while_the_backup_servers_disk_is_full_and_no_wal_is_lost(
+    project, production
+):
+    host, backup = project.servers['production'], project.servers['backup']
+    with disk_full(backup, '/srv/backups/production/repo'):
+        production.add('Written while the disk was full')
+        ssh(host, f'{PSQL} "SELECT pg_switch_wal()"')  # a segment for the archiver to try
+        print(f'disk full: {wait_for_status(project, "FAILING")}')
+        assert production.get('/').status == 200
+    wait_for_status(project, 'backups ok')
+    readme(project, RESTORE)
+    assert 'Written while the disk was full' in names_in_the_database(host)
+
+
+def test_a_copy_of_production_goes_into_staging_which_cannot_change_productions_backups(
+    project, production
+):
+    """Staging gets production's names, under its own database's name, from production's
+    backups read with the read-only key; the key and passphrase do not stay on staging;
+    that key can neither delete nor add in production's repository; staging's own backups
+    go on, now of the copy."""
+    staging = project.servers['staging']
+    in_production = names_in_the_database(project.servers['production'])
+    copied = readme(project, COPY).stdout
+    (said,) = [line for line in copied.splitlines() if 'staging: restored backup' in line]
+    assert ' of production, ' in said and said.endswith(f': {len(in_production)} names'), said
+    listed = ssh(staging, PSQL.replace('production', 'staging') + ' "SELECT name FROM names"')
+    assert sorted(listed.splitlines()) == sorted(in_production)
+    staging_site = site(staging, 'staging', certificate(staging, project.folder))
+    assert staging_site.names() == in_production[::-1]
+    assert ssh(staging, 'ls /etc/pgbackrest') == 'conf.d\nknown_hosts\npgbackrest.conf'
+    status = ssh(staging, 'app-deploy-backup status staging')
+    assert re.match(r'staging backups ok; newest backup [01] min ago', status), status
+    backup = project.servers['backup']
+    options = [
+        '-i',
+        str(project.folder / 'deploy/secrets/production-readonly'),
+        '-o',
+        f'UserKnownHostsFile={backup.known_hosts}',
+        '-o',
+        'BatchMode=yes',
+    ]
+    info_file = '/repo/backup/production/backup.info'
+    for change in (f'rm {info_file}', 'mkdir /repo/new', f'put /etc/hostname {info_file}'):
+        tried = project.run(
+            'bash',
+            '-c',
+            f"echo '{change}' | sftp {shlex.join(options)} -b - production-readonly@{backup.address}",
+            check=False,
+        )
+        assert tried.returncode == 1 and 'Permission denied' in tried.stdout, tried.stdout
+    assert ssh(backup, f'head -c 8 /srv/backups/production{info_file}') == 'Salted__'
 
 
 def timed_on(host, command):

@@ -6,7 +6,9 @@ It serves each environment an SFTP folder of its own and nothing else: the user
 `staging` or `production` logs in with that environment's key alone, locked in
 /srv/backups/<env>/ (a chroot), with no shell. pgBackRest on the database server
 writes its encrypted repository there; nothing here can read it without the
-passphrase, which this server never sees.
+passphrase, which this server never sees. A third user, `production-readonly`, may
+read production's folder and change nothing: a copy of production into staging uses
+it (restore.py).
 
 The keys and passphrases are made on your machine, in deploy/secrets/ (git ignores
 it), the first time: keep that folder safe and apart from the servers (a password
@@ -28,11 +30,11 @@ if host.data.env != 'backup':
     raise DeployError(f'backup_server.py is for the backup server, not {host.data.env}')
 
 SECRETS.mkdir(mode=0o700, exist_ok=True)
-for env in ENVS:
-    key = SECRETS / f'{env}-backup'
+for key in [*(SECRETS / f'{env}-backup' for env in ENVS), SECRETS / 'production-readonly']:
     if not key.exists():
-        command = ['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', f'{env} backups']
+        command = ['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', key.name]
         subprocess.run([*command, '-f', key], check=True)
+for env in ENVS:
     passphrase = SECRETS / f'{env}-backup.passphrase'
     if not passphrase.exists():
         # 48 random bytes as base64, as pgBackRest's user guide makes its passphrase.
@@ -65,11 +67,11 @@ for env in ENVS:
     # the repository inside it is the user's alone.
     files.directory(name=f'Add /srv/backups/{env}', path=f'/srv/backups/{env}', mode='755')
     files.directory(
-        name=f"Add {env}'s repository",
+        name=f"Add {env}'s repository, which its group may read",
         path=f'/srv/backups/{env}/repo',
         user=env,
         group=env,
-        mode='700',
+        mode='750',
     )
     files.put(
         name=f"Let in {env}'s backup key",
@@ -77,6 +79,22 @@ for env in ENVS:
         dest=f'/etc/ssh/backup-keys/{env}',
         mode='644',
     )
+
+server.user(
+    name="Add the user that reads production's backups: in its group, no shell",
+    user='production-readonly',
+    system=True,
+    groups=['production'],
+    shell='/usr/sbin/nologin',
+    home='/nonexistent',
+    create_home=False,
+)
+files.put(
+    name="Let in the read-only key to production's backups",
+    src=str(SECRETS / 'production-readonly.pub'),
+    dest='/etc/ssh/backup-keys/production-readonly',
+    mode='644',
+)
 
 sftp = files.put(
     name='Give those users SFTP in their own folders, and nothing else',
