@@ -227,6 +227,24 @@ def test_a_server_let_reach_another_reaches_that_port_alone(servers):
     assert banner.stdout == 'SSH-2.0-'
 
 
+def test_who_reaches_whom_among_the_series_servers():
+    """The database servers reach the backup server's ssh (Part 9); the monitoring
+    server reaches every node_exporter, and the sites' other exporters and HTTPS."""
+    assert standin.reaches(['staging', 'production']) == []
+    assert standin.reaches(['backup', 'staging', 'production']) == [
+        ('staging', 'backup', 22),
+        ('production', 'backup', 22),
+    ]
+    assert standin.reaches(['staging', 'backup', 'monitor']) == [
+        ('staging', 'backup', 22),
+        ('monitor', 'backup', 9100),
+        ('monitor', 'staging', 9100),
+        ('monitor', 'staging', 9187),
+        ('monitor', 'staging', 9180),
+        ('monitor', 'staging', 443),
+    ]
+
+
 def test_a_reboot_comes_back(servers):
     staging = servers.hosts['staging']
     before = staging.process.pid

@@ -6,7 +6,7 @@ import sys
 import time
 
 from tools import noxrun
-from tools.standin.host import REBOOTED, let_reach, running
+from tools.standin.host import REBOOTED, let_reach, reaches, running
 from tools.standin.machine import StandinError
 
 
@@ -19,7 +19,8 @@ def main(argv=None):
         'names',
         nargs='+',
         metavar='NAME',
-        help='staging, production, ... (and backup, which the others reach by ssh: Part 9)',
+        help='staging, production, ... (backup, which the others reach by ssh: Part 9;'
+        ' monitor, which reaches their exporters and sites: Part 10)',
     )
     parser.add_argument(
         '--key', metavar='PUBLIC_KEY', help='let your key in, e.g. ~/.ssh/app_deploy.pub'
@@ -29,10 +30,9 @@ def main(argv=None):
     try:
         with contextlib.ExitStack() as stack:
             hosts = [stack.enter_context(running(name, args.key)) for name in args.names]
-            backups = [host for host in hosts if host.name == 'backup']
-            for host in hosts:  # Part 9: the others reach the backup server over ssh
-                if backups and host is not backups[0]:
-                    let_reach(host, backups[0], 22)
+            by_name = {host.name: host for host in hosts}
+            for client, server, port in reaches(by_name):  # Parts 9 and 10
+                let_reach(by_name[client], by_name[server], port)
             for host in hosts:
                 print(f'{host.name} is up at {host.address}. Log in with:\n    {host.ssh_line}')
             print('Ctrl-C stops the servers and removes them.', flush=True)

@@ -261,6 +261,23 @@ def let_reach(client, server, port):
     )
 
 
+# The ports the monitoring server scrapes on the others (Part 10): node_exporter,
+# postgres_exporter, the app's metrics; and the sites' HTTPS, which it probes.
+EXPORTERS = (9100, 9187, 9180)
+
+
+def reaches(names):
+    """Who may reach whom among the series' servers ``names``: (client, server, port).
+    The others reach the backup server's ssh (Part 9); the monitoring server reaches
+    each server's node_exporter, and the sites' other exporters and HTTPS (Part 10)."""
+    others = [name for name in names if name not in ('backup', 'monitor')]
+    paths = [(name, 'backup', 22) for name in others if 'backup' in names]
+    if 'monitor' in names:
+        paths += [('monitor', 'backup', 9100)] if 'backup' in names else []
+        paths += [('monitor', name, port) for name in others for port in (*EXPORTERS, 443)]
+    return paths
+
+
 @contextlib.contextmanager
 def cut_off(client, server):
     """For the block, drop all that ``client`` sends ``server``: a network that fails
