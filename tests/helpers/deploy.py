@@ -167,6 +167,21 @@ class Project:
         )
 
 
+def run_readme(project, command, check=True):
+    """Run one of the README's commands in deploy/: pyinfra's with the run's key and -y
+    (do not ask), ssh's with that key and the pinned host keys (Project.ssh_as_reader)."""
+    if command.startswith('pyinfra '):
+        return project.run(*shlex.split(command), '--key', str(project.key), '-y', check=check)
+    return project.run('bash', '-c', command, check=check)
+
+
+def certificate(host, folder):
+    """The self-signed certificate provisioning made on ``host``, in a file in ``folder``."""
+    path = folder / host.name
+    path.write_text(ssh(host, 'cat /etc/app-deploy/tls/fullchain.pem') + '\n')
+    return path
+
+
 def ssh(host, command, **kwargs):
     return host.ssh(command, **kwargs).stdout.strip()
 

@@ -27,10 +27,13 @@ from tests.helpers.deploy import (
     PIN,
     Project,
     Standins,
+    certificate,
+    run_readme,
     site,
     ssh,
     wait_for_the_lock,
 )
+from tests.helpers.markdown import readme_commands
 from tools import standin
 from tools.stagediff import same_in
 from tools.stages import STAGES
@@ -112,14 +115,6 @@ def project(stage_dir, stage_bin, standins, tmp_path_factory):
     return project
 
 
-def readme(project, command, check=True):
-    """Run one of the README's commands in deploy/: pyinfra's with the run's key and -y
-    (do not ask), ssh's with that key and the pinned host keys (tests/helpers/deploy.py)."""
-    if command.startswith('pyinfra '):
-        return project.run(*shlex.split(command), '--key', str(project.key), '-y', check=check)
-    return project.run('bash', '-c', command, check=check)
-
-
 # What systemd 257 says, in a stand-in on this machine's hybrid cgroups, when it starts
 # a unit in the instant after it stopped it (seen once in a few runs, restarting
 # PostgreSQL); not seen on a server. Provisioning is run again, as a reader would.
@@ -130,20 +125,14 @@ SPAWN_RACE = "Failed to spawn 'start' task: No such file or directory"
 def provisioned(project):
     """The backup server provisioned, then staging and production; the outputs."""
     started = time.monotonic()
-    outputs = [readme(project, PROVISION_BACKUP).stdout]
-    first = readme(project, PROVISION, check=False)
+    outputs = [run_readme(project, PROVISION_BACKUP).stdout]
+    first = run_readme(project, PROVISION, check=False)
     if first.returncode and SPAWN_RACE in project.failed_units():
         print(f"provisioning met the stand-ins' systemd race ({SPAWN_RACE}); once more")
-        first = readme(project, PROVISION)
+        first = run_readme(project, PROVISION)
     assert first.returncode == 0, first.stdout + project.failed_units()
     print(f'provisioned the three servers in {time.monotonic() - started:.1f} s')
     return [*outputs, first.stdout]
-
-
-def certificate(host, folder):
-    path = folder / host.name
-    path.write_text(ssh(host, 'cat /etc/app-deploy/tls/fullchain.pem') + '\n')
-    return path
 
 
 @pytest.fixture(scope='module')
@@ -151,8 +140,8 @@ def production(project, provisioned, tmp_path_factory):
     """The stage deployed to staging, then production; names typed into production.
     Returns production's site."""
     project.build()
-    readme(project, 'pyinfra inventory.py release.py --limit staging')
-    readme(project, 'pyinfra inventory.py release.py --limit production')
+    run_readme(project, 'pyinfra inventory.py release.py --limit staging')
+    run_readme(project, 'pyinfra inventory.py release.py --limit production')
     host = project.servers['production']
     production = site(host, 'production', certificate(host, tmp_path_factory.mktemp('tls')))
     for name in ('Foobar', 'Mark', 'Joanna'):
@@ -171,12 +160,10 @@ def server_now(host):
 
 
 def test_the_readme_commands_are_those_run_here(stage_dir):
-    readme_text = (stage_dir / 'README.md').read_text()
     commands = [
         line
-        for heading in ('## Deploy it', '## Back it up')
-        for block in readme_text.split(heading)[1].split('\n## ')[0].split('```console\n')[1:]
-        for line in block.split('```')[0].splitlines()
+        for heading in ('Deploy it', 'Back it up')
+        for line in readme_commands(stage_dir, heading)
     ]
     assert sorted(commands) == sorted(RUNS + RUN_BY_STAGE_06 + NOT_RUN)
     assert same_in(STAGES['06'], stage_dir, ['deploy/rollback.py', 'deploy/app-deploy-release'])
@@ -189,14 +176,14 @@ def test_provisioning_refuses_the_wrong_server_with_one_line(project, provisione
         ('pyinfra inventory.py provision.py --limit backup', 'provisioned by backup_server.py'),
         ('pyinfra inventory.py backup_server.py --limit staging', 'is for the backup server'),
     ]:
-        result = readme(project, command, check=False)
+        result = run_readme(project, command, check=False)
         assert result.returncode == 1
         assert line in result.stdout.splitlines()[-1], result.stdout
 
 
 def test_the_backups_reach_the_backup_server_encrypted(project, production):
-    readme(project, BACKUP_NOW)
-    status = readme(project, STATUS).stdout.strip()
+    run_readme(project, BACKUP_NOW)
+    status = run_readme(project, STATUS).stdout.strip()
     assert re.fullmatch(
         r'production backups ok; newest backup \d min ago, newest WAL archived \d+ min ago', status
     ), status
@@ -210,7 +197,7 @@ def test_the_backups_reach_the_backup_server_encrypted(project, production):
 
 
 def test_pgbackrest_lists_the_backups_and_the_wal(project, production):
-    listed = readme(project, INFO).stdout
+    listed = run_readme(project, INFO).stdout
     print(listed)
     assert 'status: ok' in listed and 'cipher: aes-256-cbc' in listed, listed
     assert re.search(r'wal archive min/max \(17\): 0+\w+/0+\w+', listed), listed
@@ -265,7 +252,7 @@ def test_a_restore_to_a_moment_undoes_names_deleted_by_hand(project, production)
     production.add('Written after')
     ssh(host, f'{PSQL} "DELETE FROM names"')
     assert production.names() == []
-    restored = readme(project, RESTORE_TO.replace(EXAMPLE_TIME, moment)).stdout
+    restored = run_readme(project, RESTORE_TO.replace(EXAMPLE_TIME, moment)).stdout
     (said,) = [line for line in restored.splitlines() if 'production: restored backup' in line]
     assert said.endswith(': 4 names'), said
     assert names_in_the_database(host) == ['Foobar', 'Mark', 'Joanna', 'Written before']
@@ -297,13 +284,13 @@ def test_a_release_whose_migration_destroys_names_is_undone_by_a_restore(project
     project.build(
         'Tidy the names', {'migrations/versions/c3d4e5f6a7b8_tidy.py': CARELESS_MIGRATION}
     )
-    readme(project, 'pyinfra inventory.py release.py --limit staging')
+    run_readme(project, 'pyinfra inventory.py release.py --limit staging')
     moment = server_now(host)
     time.sleep(1)
-    readme(project, 'pyinfra inventory.py release.py --limit production')
+    run_readme(project, 'pyinfra inventory.py release.py --limit production')
     assert set(names_in_the_database(host)) == {'tidied'}
-    readme(project, RESTORE_TO.replace(EXAMPLE_TIME, moment))
-    readme(project, 'pyinfra inventory.py rollback.py --limit production')
+    run_readme(project, RESTORE_TO.replace(EXAMPLE_TIME, moment))
+    run_readme(project, 'pyinfra inventory.py rollback.py --limit production')
     assert names_in_the_database(host) == before
     assert production.names() == before[::-1]
     project.pyinfra('rollback.py', 'staging')  # so that a deploy from staging is not it again
@@ -320,7 +307,7 @@ def refused(result, line, production):
 def wait_for_status(project, state, seconds=240):
     """The freshness check's line, once it says ``state`` (within ``seconds``)."""
     deadline = time.monotonic() + seconds
-    while state not in (status := readme(project, STATUS, check=False).stdout):
+    while state not in (status := run_readme(project, STATUS, check=False).stdout):
         assert time.monotonic() < deadline, status
         time.sleep(5)
     return status.strip()
@@ -344,7 +331,7 @@ def test_a_restore_it_cannot_do_stops_with_one_line_and_changes_nothing(
 ):
     host = project.servers['production']
     before = names_in_the_database(host)
-    refused(readme(project, command, check=False), line, production)
+    refused(run_readme(project, command, check=False), line, production)
     assert names_in_the_database(host) == before
 
 
@@ -354,7 +341,7 @@ def test_a_wrong_passphrase_stops_the_restore_with_one_line(project, production)
     wrong = "printf '[global]\\nrepo1-cipher-pass=not-the-passphrase\\n'"
     ssh(host, f'cp -p {passphrase} /root/passphrase.conf && {wrong} > {passphrase}')
     try:
-        result = readme(project, RESTORE, check=False)
+        result = run_readme(project, RESTORE, check=False)
     finally:
         ssh(host, f'mv /root/passphrase.conf {passphrase}')
     refused(result, 'the backups of production cannot be read (a wrong passphrase?)', production)
@@ -389,7 +376,7 @@ def test_the_site_serves_while_the_backup_server_is_cut_off_and_no_wal_is_lost(
         assert production.get('/').status == 200
     wait_for_status(project, 'backups ok')
     # Every segment is there: a restore to the newest point has the name written then.
-    readme(project, RESTORE)
+    run_readme(project, RESTORE)
     assert 'Written while cut off' in names_in_the_database(host)
 
 
@@ -420,7 +407,7 @@ def test_the_site_serves_while_the_backup_servers_disk_is_full_and_no_wal_is_los
         print(f'disk full: {wait_for_status(project, "FAILING")}')
         assert production.get('/').status == 200
     wait_for_status(project, 'backups ok')
-    readme(project, RESTORE)
+    run_readme(project, RESTORE)
     assert 'Written while the disk was full' in names_in_the_database(host)
 
 
@@ -433,7 +420,7 @@ def test_a_copy_of_production_goes_into_staging_which_cannot_change_productions_
     go on, now of the copy."""
     staging = project.servers['staging']
     in_production = names_in_the_database(project.servers['production'])
-    copied = readme(project, COPY).stdout
+    copied = run_readme(project, COPY).stdout
     (said,) = [line for line in copied.splitlines() if 'staging: restored backup' in line]
     assert ' of production, ' in said and said.endswith(f': {len(in_production)} names'), said
     listed = ssh(staging, PSQL.replace('production', 'staging') + ' "SELECT name FROM names"')
@@ -545,9 +532,9 @@ def test_a_lost_production_server_is_rebuilt_from_the_backups(project, productio
     standin.let_reach(host, standins.hosts['backup'], 22)
     project.point('production', host)
     project.pin_keys()
-    readme(project, REPROVISION)
-    restored = readme(project, RESTORE).stdout
-    readme(project, 'pyinfra inventory.py release.py --limit production')
+    run_readme(project, REPROVISION)
+    restored = run_readme(project, RESTORE).stdout
+    run_readme(project, 'pyinfra inventory.py release.py --limit production')
     rebuilt = site(host, 'production', certificate(host, project.folder))
     assert rebuilt.get('/health').status == 200
     back_at = time.time()
