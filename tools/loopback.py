@@ -7,7 +7,9 @@ gunicorn runs with the stage's ``gunicorn.conf.py`` on a Unix socket, and nginx 
 the stage's ``deploy/nginx.conf`` and ``deploy/nginx-tls.conf``, filled in for this
 machine: the site's name is ``localhost`` (a name, so that clients send it in the TLS
 handshake as browsers do), free loopback ports, a throwaway self-signed certificate,
-paths in a temporary folder. Both are stopped by
+paths in a temporary folder; from stage 10 on, the monitoring server's block on a
+third port, for 127.0.0.1 alone, and an empty folder for the metrics of gunicorn's
+workers (PROMETHEUS_MULTIPROC_DIR), as the server's unit makes. Both are stopped by
 PID, and the folder removed, when the block ends, also on Ctrl-C, SIGTERM or failure.
 nginx comes from the system (``apt-get install nginx``). The servers run Debian 13's
 nginx 1.26; an nginx before 1.25.1 (Debian 12 has 1.22, Ubuntu 24.04 1.24) has no
@@ -45,6 +47,11 @@ SOCKET = 'unix:/run/app-deploy/gunicorn.sock'
 CERTIFICATE = '/etc/letsencrypt/live/example.com/fullchain.pem'
 KEY = '/etc/letsencrypt/live/example.com/privkey.pem'
 SERVER_NAME = 'server_name example.com;'
+# Stage 10 on: a server block for the monitoring server alone, serving the app's metrics
+# with the site's name as Host. On loopback, the monitor is this machine's 127.0.0.1.
+METRICS_LISTEN = re.compile(r'^(\s*listen )9180;', re.MULTILINE)
+METRICS_HOST = 'proxy_set_header Host example.com;'
+MONITOR = '127.0.0.1'
 # The site's name in a loopback run; its requests reach nginx on a port other than 443,
 # which the host passed on to the app must keep for the CSRF check's Referer match.
 SITE_NAME = 'localhost'
@@ -58,6 +65,7 @@ TEMPLATE = {
     '{{ env }}.sock': 'gunicorn.sock',
     '{{ certificate }}': '/etc/letsencrypt/live/example.com',
     '{{ domain }}': 'example.com',
+    '{{ monitor }}': MONITOR,
 }
 
 # The folders nginx writes to: in the run's folder, not in /var/lib/nginx.
@@ -104,6 +112,7 @@ class LoopbackSite:
     gunicorn_pid: int
     nginx_pid: int
     dir: Path
+    metrics_url: str | None = None  # stage 10 on: the app's metrics, for MONITOR alone
 
     def worker_pids(self):
         """The PIDs of gunicorn's workers now: the master's children."""
@@ -153,9 +162,12 @@ def substitute(text, old, new, count=1):
     return text
 
 
-def render_site(site_file, *, http_port, https_port, socket_path, certificate, key, snippet):
+def render_site(
+    site_file, *, http_port, https_port, socket_path, certificate, key, snippet, metrics_port=None
+):
     """The production site file, filled in for a loopback run, including ``snippet``
-    (and without ``http2 on;`` for an nginx that has none)."""
+    (and without ``http2 on;`` for an nginx that has none); from stage 10 on, with
+    the monitoring server's block on ``metrics_port``."""
     text = Path(site_file).read_text()
     if nginx_version(nginx_binary()) < HTTP2_SINCE:
         text = substitute(text, HTTP2, '')
@@ -169,6 +181,11 @@ def render_site(site_file, *, http_port, https_port, socket_path, certificate, k
     text = substitute(text, SOCKET, f'unix:{socket_path}')
     text = substitute(text, CERTIFICATE, str(certificate))
     text = substitute(text, KEY, str(key))
+    if METRICS_LISTEN.search(text):
+        if metrics_port is None:
+            raise ValueError(f'{site_file} serves metrics on port 9180: give metrics_port')
+        text = substitute(text, METRICS_LISTEN, rf'\g<1>127.0.0.1:{metrics_port};')
+        text = substitute(text, METRICS_HOST, f'proxy_set_header Host {SITE_NAME};')
     text = substitute(text, TLS_SNIPPET, f'include {snippet};', count=3)
     return substitute(text, SERVER_NAME, f'server_name {SITE_NAME};', count=2)
 
@@ -265,17 +282,20 @@ def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=
         cleanup.callback(shutil.rmtree, directory, ignore_errors=True)
         directory.chmod(0o755)  # nginx's workers run as nobody when nginx starts as root
         socket_path = socket_folder(directory) / 'gunicorn.sock'
+        # Stage 10 on, as the server's unit does: an empty folder for the workers' metrics.
+        (metrics_dir := directory / 'metrics').mkdir()
         app_env = {
             'FLASK_CONFIG': 'production',
             'SECRET_KEY': secrets.token_hex(32),
             'PRODUCTION_DATABASE_URL': database_url,
             'TRUSTED_HOSTS': SITE_NAME,
+            'PROMETHEUS_MULTIPROC_DIR': str(metrics_dir),
             **(env or {}),
         }
         gunicorn = start_gunicorn(stage_dir, bin_dir, directory, socket_path, app_env)
         cleanup.callback(stop_group, gunicorn, signal.SIGTERM)  # TERM: graceful shutdown
         certificate, key = make_certificate(directory)
-        http_port, https_port = free_ports(2)
+        http_port, https_port, metrics_port = free_ports(3)
         site = render_site(
             stage_dir / 'deploy' / 'nginx.conf',
             http_port=http_port,
@@ -286,9 +306,11 @@ def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=
             snippet=shutil.copyfile(
                 stage_dir / 'deploy' / 'nginx-tls.conf', directory / 'tls.conf'
             ),
+            metrics_port=metrics_port,
         )
         (directory / 'site.conf').write_text(site_edit(site) if site_edit else site)
         https_url = f'https://{SITE_NAME}:{https_port}'
+        metrics = f'127.0.0.1:{metrics_port};' in site  # stage 10 on: the monitor's block
         nginx_process = start_nginx(nginx, directory, lambda: url_answers(https_url, certificate))
         cleanup.callback(stop_group, nginx_process, signal.SIGQUIT)  # QUIT: graceful shutdown
         yield LoopbackSite(
@@ -299,6 +321,7 @@ def serve(stage_dir, bin_dir, database_url, env=None, *, parent=None, site_edit=
             gunicorn_pid=gunicorn.pid,
             nginx_pid=nginx_process.pid,
             dir=directory,
+            metrics_url=f'http://127.0.0.1:{metrics_port}' if metrics else None,
         )
 
 
