@@ -28,7 +28,7 @@ from tools.stages import setup_command
 NAMES = ['Foobar', 'Mark', 'Joanna']  # what the READMEs' walkthroughs type into the form
 # The stages whose app is the names form (a test for them all is marked with these);
 # a stage that carries the app unchanged runs such a test no more (APP, below).
-FORM_STAGES = ('02', '03', '04', '05', '06', '07', '08', '09')
+FORM_STAGES = ('02', '03', '04', '05', '06', '07', '08', '09', '10')
 # What a stage's app is made of: the ``covers`` of a test of the app (tests/conftest.py).
 APP = ('app', 'config.py', 'wsgi.py', 'migrations', 'requirements.txt', '.env.example')
 

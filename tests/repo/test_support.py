@@ -17,8 +17,10 @@ from tools.standin import image
 pytestmark = pytest.mark.stages('repo')
 
 PIECES = support.pieces()
-SERVER_STAGES = [STAGES[number] for number in ('06', '07', '08', '09')]  # build.py, provision.py
-WORKFLOW_STAGES = [STAGES[number] for number in ('07', '08', '09')]
+SERVER_STAGES = [
+    STAGES[number] for number in ('06', '07', '08', '09', '10')
+]  # build.py, provision.py
+WORKFLOW_STAGES = [STAGES[number] for number in ('07', '08', '09', '10')]
 
 
 def version(name):

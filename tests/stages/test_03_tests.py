@@ -8,7 +8,7 @@ from tools import postgres
 
 RUN_THE_TESTS = 'Run the tests'  # the README's section that these tests follow
 pytestmark = [
-    pytest.mark.stages('03', '04', '05', '06', '07', '08', '09'),
+    pytest.mark.stages('03', '04', '05', '06', '07', '08', '09', '10'),
     # What the suite runs on: a stage that carries these as they were runs it no more.
     pytest.mark.covers(*APP, 'tests', 'requirements-dev.txt', f'README.md#{RUN_THE_TESTS}'),
 ]

@@ -10,7 +10,7 @@ from tools import postgres
 
 RUN_IT = 'Run it'  # the README's section that these tests follow
 pytestmark = [
-    pytest.mark.stages('02', '03', '04', '05', '06', '07', '08', '09'),
+    pytest.mark.stages('02', '03', '04', '05', '06', '07', '08', '09', '10'),
     # What the walkthrough runs: a stage that carries these as they were runs it no more.
     pytest.mark.covers(*APP, f'README.md#{RUN_IT}'),
 ]

@@ -21,7 +21,7 @@ from tests.helpers.scanners import gixy_findings, sslyze_failures
 from tools import loopback
 
 pytestmark = [
-    pytest.mark.stages('05', '06', '07', '08', '09'),
+    pytest.mark.stages('05', '06', '07', '08', '09', '10'),
     # The site: a stage that carries these as they were runs these tests no more.
     pytest.mark.covers(*APP, 'gunicorn.conf.py', 'deploy/nginx.conf', 'deploy/nginx-tls.conf'),
 ]
