@@ -212,12 +212,14 @@ def wait_for_mail(monitor, pattern, since, seconds=600):
 
 
 def test_each_fault_is_mailed_and_so_is_its_mending(project, watched):
-    """Two faults at once: gunicorn stopped on staging (the site down), PostgreSQL stopped
-    on production. For each, its alert's mail; mended, the resolved mail. The times from
-    fault to mail are printed. Production's site answers 503 meanwhile, not an error page
-    of nginx's, and staging's is back."""
+    """Three faults at once: gunicorn stopped on staging (the site down), PostgreSQL
+    stopped on production, and a firewall rule on the backup server that drops the
+    monitoring server's scrapes (a target down, not silence). For each, its alert's mail;
+    mended, the resolved mail. The times from fault to mail are printed. Production's
+    site answers 503 meanwhile, not an error page of nginx's, and both sites are back."""
     monitor = project.servers['monitor']
     staging, production = project.servers['staging'], project.servers['production']
+    drop = f'ip saddr {monitor.address} tcp dport 9100 drop'
     faults = {
         'SiteDown staging': (
             staging,
@@ -228,6 +230,11 @@ def test_each_fault_is_mailed_and_so_is_its_mending(project, watched):
             production,
             'systemctl stop postgresql@17-main',
             'systemctl start postgresql@17-main',
+        ),
+        'TargetDown backup': (
+            project.servers['backup'],
+            f'nft insert rule inet filter input {drop}',
+            'systemctl restart nftables',  # the rules of /etc/nftables.conf again
         ),
     }
     since = len(mails(monitor))
