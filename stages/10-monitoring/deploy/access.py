@@ -7,7 +7,7 @@ from pyinfra import host
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server, systemd
 
-sshd = files.put(
+sshd = files.template(
     name='Let in keys alone over ssh, and root with a key alone',
     src='sshd.conf',
     dest='/etc/ssh/sshd_config.d/00-app-deploy.conf',
