@@ -23,18 +23,24 @@ Prints a Markdown table, what the metrics cost, and the machine it ran on.
 import contextlib
 import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools import loopback, postgres  # noqa: E402
+from tools import loopback  # noqa: E402
 from tools.stages import STAGES  # noqa: E402
-from tools.wrk import Server, check, machine, measure_all, migrated_copy, parser  # noqa: E402
+from tools.wrk import (  # noqa: E402
+    Server,
+    check,
+    machine,
+    measure_all,
+    migrated_copy,
+    parser,
+    scratch,
+)
 
 WITHOUT, WITH = 'stage 09, no metrics', 'stage 10, prometheus_client'
 COMPARED = {WITHOUT: STAGES['09'], WITH: STAGES['10']}
@@ -46,27 +52,22 @@ COUNTED = re.compile(r'^app_http_requests_total\{method="GET",route="/",status="
 
 def main():
     args = arguments()
-    server_url = postgres.server_url()
-    name = postgres.unique_name('app_deploy_benchmark')
-    database = postgres.create_database(server_url, name)
-    work = Path(tempfile.mkdtemp(prefix='app-deploy-benchmark-metrics-'))
-    try:
-        with contextlib.ExitStack() as servers_running:
-            servers = []
-            for label, stage in COMPARED.items():
-                copy = migrated_copy(stage, args.bin, work, database)
-                site = servers_running.enter_context(loopback.serve(copy, args.bin, database))
-                masters = [site.gunicorn_pid, site.nginx_pid]
-                servers.append(Server(label, site.https_url, masters, site.certificate))
-            load = os.getloadavg()[0]
-            cases = [(0, 'GET', clients) for clients in CLIENTS]  # no slow clients
-            rows = measure_all(servers, cases, args, database, work)
-            workers = len(site.worker_pids())  # stage 10's, as many as stage 09's
-            counted = counted_requests(site.metrics_url)
-        print(file=sys.stderr)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        postgres.drop_database(server_url, name)
+    with (
+        scratch('app-deploy-benchmark-metrics-') as (database, work),
+        contextlib.ExitStack() as servers_running,
+    ):
+        servers = []
+        for label, stage in COMPARED.items():
+            copy = migrated_copy(stage, args.bin, work, database)
+            site = servers_running.enter_context(loopback.serve(copy, args.bin, database))
+            masters = [site.gunicorn_pid, site.nginx_pid]
+            servers.append(Server(label, site.https_url, masters, site.certificate))
+        load = os.getloadavg()[0]
+        cases = [(0, 'GET', clients) for clients in CLIENTS]  # no slow clients
+        rows = measure_all(servers, cases, args, database, work)
+        workers = len(site.worker_pids())  # stage 10's, as many as stage 09's
+        counted = counted_requests(site.metrics_url)
+    print(file=sys.stderr)
     report(rows, workers, args, (load, os.getloadavg()[0]), counted)
 
 

@@ -24,19 +24,25 @@ Prints a Markdown table and the machine it ran on.
 import contextlib
 import itertools
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools import loopback, postgres  # noqa: E402
+from tools import loopback  # noqa: E402
 from tools.processes import free_port, stop_group  # noqa: E402
 from tools.stages import STAGES  # noqa: E402
-from tools.wrk import Server, check, machine, measure_all, migrated_copy, parser  # noqa: E402
+from tools.wrk import (  # noqa: E402
+    Server,
+    check,
+    machine,
+    measure_all,
+    migrated_copy,
+    parser,
+    scratch,
+)
 
 SLOW_CLIENTS = 20
 
@@ -74,11 +80,7 @@ def socket_open(port):
 
 def main():
     args = arguments()
-    server_url = postgres.server_url()
-    name = postgres.unique_name('app_deploy_benchmark')
-    database = postgres.create_database(server_url, name)
-    work = Path(tempfile.mkdtemp(prefix='app-deploy-benchmark-production-'))
-    try:
+    with scratch('app-deploy-benchmark-production-') as (database, work):
         stage = migrated_copy(args.stage, args.bin, work, database)
         with (
             dev_server(stage, args.bin, database) as (dev_url, dev_pid),
@@ -97,10 +99,7 @@ def main():
             cases = itertools.product((0, SLOW_CLIENTS), ('GET', 'POST'), (1, 50))
             rows = measure_all(servers, cases, args, database, work)
             workers = len(site.worker_pids())  # all booted by now
-        print(file=sys.stderr)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        postgres.drop_database(server_url, name)
+    print(file=sys.stderr)
     report(rows, workers, args, (load, os.getloadavg()[0]))
 
 

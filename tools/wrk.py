@@ -15,6 +15,7 @@ import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,20 @@ from tools import postgres
 from tools.processes import children, stat_fields
 
 TOKEN = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+
+
+@contextlib.contextmanager
+def scratch(prefix):
+    """A database and a folder of the benchmark's own, (URL, folder), deleted after."""
+    server_url = postgres.server_url()
+    name = postgres.unique_name('app_deploy_benchmark')
+    database = postgres.create_database(server_url, name)
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield database, work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        postgres.drop_database(server_url, name)
 
 
 def parser(doc):
