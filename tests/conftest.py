@@ -213,11 +213,12 @@ def page(browser):
 
 @pytest.fixture
 def screenshot(stage, tmp_path):
-    """Save a screenshot as ``stageNN.png``: into APP_DEPLOY_SCREENSHOTS if set."""
+    """Save a screenshot as ``stageNN.png``, or ``stageNN-NAME.png`` for one of several:
+    into APP_DEPLOY_SCREENSHOTS if set."""
     folder = Path(os.environ.get('APP_DEPLOY_SCREENSHOTS') or tmp_path)
 
-    def save(page):
-        path = folder / f'stage{stage}.png'
+    def save(page, name=None):
+        path = folder / f'stage{stage}{f"-{name}" if name else ""}.png'
         page.screenshot(path=path)
         assert path.stat().st_size > 1000  # a picture, not an empty file
         return path

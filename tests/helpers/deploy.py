@@ -236,6 +236,23 @@ def load_on(site, clients=CLIENTS, seconds=300):
             thread.join()
 
 
+@contextlib.contextmanager
+def disk_full(server, folder):
+    """``folder`` on ``server`` moved onto a small disk of its own (a tmpfs) and the disk
+    filled; room made again on leaving. The folder stays on that disk."""
+    ssh(
+        server,
+        f'mkdir /mnt/small && mount -t tmpfs -o size=512m small /mnt/small'
+        f' && cp -a {folder} /mnt/small/folder && mount --bind /mnt/small/folder {folder}'
+        ' && { dd if=/dev/zero of=/mnt/small/filler bs=1M status=none || true; }',
+    )
+    try:
+        assert ssh(server, 'df --output=avail /mnt/small').split()[-1] == '0'
+        yield
+    finally:
+        ssh(server, 'rm /mnt/small/filler')
+
+
 def sudo_allows(host):
     """What ``sudo -l`` lets ``host``'s user run: [(as whom, the command), ...]."""
     allowed = host.ssh('sudo -n -l').stdout

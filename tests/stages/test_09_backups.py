@@ -11,7 +11,6 @@ with the data lost (RPO) and the time the site was away (RTO) printed (pytest -s
 """
 
 import concurrent.futures
-import contextlib
 import json
 import re
 import shlex
@@ -28,6 +27,7 @@ from tests.helpers.deploy import (
     Project,
     Standins,
     certificate,
+    disk_full,
     run_readme,
     site,
     ssh,
@@ -378,23 +378,6 @@ def test_the_site_serves_while_the_backup_server_is_cut_off_and_no_wal_is_lost(
     # Every segment is there: a restore to the newest point has the name written then.
     run_readme(project, RESTORE)
     assert 'Written while cut off' in names_in_the_database(host)
-
-
-@contextlib.contextmanager
-def disk_full(server, folder):
-    """``folder`` on ``server`` moved onto a small disk of its own (a tmpfs) and the disk
-    filled; room made again on leaving. The folder stays on that disk."""
-    ssh(
-        server,
-        f'mkdir /mnt/small && mount -t tmpfs -o size=512m small /mnt/small'
-        f' && cp -a {folder} /mnt/small/folder && mount --bind /mnt/small/folder {folder}'
-        ' && { dd if=/dev/zero of=/mnt/small/filler bs=1M status=none || true; }',
-    )
-    try:
-        assert ssh(server, 'df --output=avail /mnt/small').split()[-1] == '0'
-        yield
-    finally:
-        ssh(server, 'rm /mnt/small/filler')
 
 
 def test_the_site_serves_while_the_backup_servers_disk_is_full_and_no_wal_is_lost(
