@@ -213,13 +213,13 @@ def page(browser):
 
 @pytest.fixture
 def screenshot(stage, tmp_path):
-    """Save a screenshot as ``stageNN.png``, or ``stageNN-NAME.png`` for one of several:
-    into APP_DEPLOY_SCREENSHOTS if set."""
+    """Save a screenshot of a page (or of a locator: a part of one) as ``stageNN.png``,
+    or ``stageNN-NAME.png`` for one of several: into APP_DEPLOY_SCREENSHOTS if set."""
     folder = Path(os.environ.get('APP_DEPLOY_SCREENSHOTS') or tmp_path)
 
-    def save(page, name=None):
+    def save(shown, name=None):
         path = folder / f'stage{stage}{f"-{name}" if name else ""}.png'
-        page.screenshot(path=path)
+        shown.screenshot(path=path)
         assert path.stat().st_size > 1000  # a picture, not an empty file
         return path
 

@@ -233,10 +233,15 @@ def test_each_server_runs_within_a_1_gb_plan(project, watched):
         print(f'| {name} | {memory} | {disk} | {"yes" if memory < PLAN / 2 * 0.75 else "no"} |')
         assert 0 < memory < PLAN * 0.75, name
     monitor = project.servers['monitor']
-    query = 'http://127.0.0.1:9090/api/v1/query?query=count(%7B__name__%3D~%22.%2B%22%7D)'
-    series = json.loads(ssh(monitor, f"curl -s '{query}'"))['data']['result'][0]['value'][1]
+    series = query(monitor, 'count({__name__=~".+"})')[0]['value'][1]
     stored = ssh(monitor, 'du -sm /var/lib/prometheus | cut -f1')
     print(f'Prometheus: {series} series, {stored} MiB stored so far')
+
+
+def query(monitor, promql):
+    """What Prometheus answers ``promql`` now, on the monitoring server: its result list."""
+    url = f'http://127.0.0.1:9090/api/v1/query?query={urllib.parse.quote(promql)}'
+    return json.loads(ssh(monitor, f"curl -s '{url}'"))['data']['result']
 
 
 def mails(monitor):
@@ -565,11 +570,8 @@ def test_a_release_that_fails_some_requests_burns_the_error_budget_in_a_browser(
 
 def burning(monitor):
     """The windows of staging's ErrorBudgetBurn alerts firing now, from Prometheus."""
-    query = urllib.parse.quote(
-        'ALERTS{alertname="ErrorBudgetBurn",env="staging",alertstate="firing"}'
-    )
-    found = json.loads(ssh(monitor, f"curl -s 'http://127.0.0.1:9090/api/v1/query?query={query}'"))
-    return {alert['metric']['window'] for alert in found['data']['result']}
+    firing = 'ALERTS{alertname="ErrorBudgetBurn",env="staging",alertstate="firing"}'
+    return {alert['metric']['window'] for alert in query(monitor, firing)}
 
 
 def test_the_runbooks_journal_queries_read_the_apps_lines(project, watched, stage_dir):
